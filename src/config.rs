@@ -1,0 +1,314 @@
+//! Every environment variable the connector reads, parsed and checked once at
+//! start-up. A problem names the variable, so a bad deployment fails with one
+//! clear log line instead of an error per request.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::models::ModelSpec;
+
+pub const IMAGE_MODELS: &str = "IMAGE_MODELS";
+pub const AZURE_API_KEY_SECRET_ID: &str = "AZURE_API_KEY_SECRET_ID";
+pub const SECRET_CACHE_TTL_SECONDS: &str = "SECRET_CACHE_TTL_SECONDS";
+
+const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
+
+/// The connector's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// In the order configured: the first serves requests that name no model.
+    pub models: Vec<ModelEntry>,
+    pub secret_ttl: Duration,
+}
+
+/// One configured Azure image deployment.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// What clients send as `model` (or as the Azure route's deployment id).
+    pub name: String,
+    /// The Azure model behind the deployment; decides validation.
+    pub model: String,
+    /// The deployment segment of `baseURL`.
+    pub deployment: String,
+    pub api_version: String,
+    /// The full upstream URL, built once here: nothing from a request goes into it.
+    pub generations_url: Url,
+    pub secret_id: String,
+    pub spec: &'static ModelSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn problem(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: String,
+    model: String,
+    #[serde(rename = "baseURL")]
+    base_url: String,
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    #[serde(rename = "apiKeySecretId", default)]
+    api_key_secret_id: Option<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let default_secret = lookup(AZURE_API_KEY_SECRET_ID)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        let secret_ttl = match lookup(SECRET_CACHE_TTL_SECONDS) {
+            None => DEFAULT_SECRET_TTL,
+            Some(raw) => raw.trim().parse::<u64>().map(Duration::from_secs).map_err(|_| {
+                problem(
+                    SECRET_CACHE_TTL_SECONDS,
+                    format!("`{raw}` is not a whole number of seconds"),
+                )
+            })?,
+        };
+        let raw_models = lookup(IMAGE_MODELS)
+            .ok_or_else(|| problem(IMAGE_MODELS, "is not set; it must be a JSON array of model entries"))?;
+        let entries: Vec<RawEntry> = serde_json::from_str(&raw_models)
+            .map_err(|e| problem(IMAGE_MODELS, format!("is not a JSON array of model entries: {e}")))?;
+        if entries.is_empty() {
+            return Err(problem(IMAGE_MODELS, "lists no models"));
+        }
+        let mut names = HashSet::new();
+        let mut models = Vec::with_capacity(entries.len());
+        for (i, raw) in entries.into_iter().enumerate() {
+            let entry = ModelEntry::from_raw(raw, default_secret.as_deref())
+                .map_err(|p| problem(IMAGE_MODELS, format!("entry {i}: {p}")))?;
+            if !names.insert(entry.name.clone()) {
+                return Err(problem(
+                    IMAGE_MODELS,
+                    format!("entry {i}: the name `{}` is used twice", entry.name),
+                ));
+            }
+            models.push(entry);
+        }
+        Ok(Self { models, secret_ttl })
+    }
+
+    /// The entry a client names as `model` on the OpenAI route; the first when it names none.
+    pub fn model_by_name(&self, name: Option<&str>) -> Option<&ModelEntry> {
+        match name {
+            None => self.models.first(),
+            Some(name) => self.models.iter().find(|m| m.name == name),
+        }
+    }
+
+    /// The entry an Azure-route path names: a configured name, or a deployment segment.
+    pub fn model_by_deployment(&self, id: &str) -> Option<&ModelEntry> {
+        self.models
+            .iter()
+            .find(|m| m.name == id)
+            .or_else(|| self.models.iter().find(|m| m.deployment == id))
+    }
+
+    /// Every secret id the configuration reads, for the IAM policy and for logs.
+    pub fn secret_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.models.iter().map(|m| m.secret_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+impl ModelEntry {
+    fn from_raw(raw: RawEntry, default_secret: Option<&str>) -> Result<Self, String> {
+        let name = raw.name.trim().to_owned();
+        if name.is_empty() || !name.chars().all(is_id_char) {
+            return Err(format!(
+                "name `{}` must be non-empty and use only letters, digits, '-', '_', '.' or ':'",
+                raw.name
+            ));
+        }
+        let model = raw.model.trim().to_owned();
+        if model.is_empty() {
+            return Err(format!("`{name}`: model must not be empty"));
+        }
+        let api_version = raw.api_version.trim().to_owned();
+        if api_version.is_empty()
+            || !api_version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(format!(
+                "`{name}`: apiVersion `{}` is not an Azure api-version",
+                raw.api_version
+            ));
+        }
+        let (generations_url, deployment) =
+            generations_url(&raw.base_url, &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
+        let secret_id = raw
+            .api_key_secret_id
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| default_secret.map(str::to_owned))
+            .ok_or_else(|| format!("`{name}`: has no apiKeySecretId and {AZURE_API_KEY_SECRET_ID} is not set"))?;
+        let spec = ModelSpec::for_model(&model);
+        Ok(Self {
+            name,
+            model,
+            deployment,
+            api_version,
+            generations_url,
+            secret_id,
+            spec,
+        })
+    }
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
+/// `{baseURL}/images/generations?api-version={v}`, after checking that
+/// `baseURL` is an Azure deployment URL as the seed shows it.
+fn generations_url(base_url: &str, api_version: &str) -> Result<(Url, String), String> {
+    let url = Url::parse(base_url.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        // Plain HTTP only to this machine: a local Azure stand-in in tests and the run command.
+        "http" if loopback => {}
+        other => return Err(format!("must use https, not {other}")),
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a query, a fragment or credentials".into());
+    }
+    let segments: Vec<&str> = url.path().trim_end_matches('/').split('/').skip(1).collect();
+    let deployment = match segments.as_slice() {
+        [.., "openai", "deployments", deployment] if deployment.chars().all(is_id_char) && !deployment.is_empty() => {
+            (*deployment).to_owned()
+        }
+        _ => return Err("must end in /openai/deployments/<deployment>".into()),
+    };
+    let mut generations = url.clone();
+    generations.set_path(&format!("{}/images/generations", url.path().trim_end_matches('/')));
+    generations.query_pairs_mut().append_pair("api-version", api_version);
+    Ok((generations, deployment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    const ONE: &str = r#"[{"name":"azure-image","model":"gpt-image-1","baseURL":"https://res.openai.azure.com/openai/deployments/img1/","apiVersion":"2025-04-01-preview"}]"#;
+
+    #[test]
+    fn an_entry_becomes_the_upstream_url_and_deployment() {
+        let cfg = config(&[(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "azure-key")]).expect("valid");
+        let m = &cfg.models[0];
+        assert_eq!(
+            m.generations_url.as_str(),
+            "https://res.openai.azure.com/openai/deployments/img1/images/generations?api-version=2025-04-01-preview"
+        );
+        assert_eq!(m.deployment, "img1");
+        assert_eq!(m.secret_id, "azure-key");
+        assert_eq!(cfg.secret_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn an_entry_secret_overrides_the_default() {
+        let models = r#"[{"name":"a","model":"dall-e-3","baseURL":"https://r.openai.azure.com/openai/deployments/d3","apiVersion":"2024-10-21","apiKeySecretId":"other"}]"#;
+        let cfg = config(&[(IMAGE_MODELS, models)]).expect("valid");
+        assert_eq!(cfg.models[0].secret_id, "other");
+    }
+
+    #[test]
+    fn missing_models_names_the_variable() {
+        let err = config(&[(AZURE_API_KEY_SECRET_ID, "k")]).expect_err("invalid");
+        assert_eq!(err.variable, IMAGE_MODELS);
+    }
+
+    #[test]
+    fn an_entry_without_any_secret_is_rejected() {
+        let err = config(&[(IMAGE_MODELS, ONE)]).expect_err("invalid");
+        assert!(err.to_string().contains(AZURE_API_KEY_SECRET_ID), "{err}");
+    }
+
+    #[test]
+    fn bad_ttl_names_the_variable() {
+        let err = config(&[
+            (IMAGE_MODELS, ONE),
+            (AZURE_API_KEY_SECRET_ID, "k"),
+            (SECRET_CACHE_TTL_SECONDS, "soon"),
+        ])
+        .expect_err("invalid");
+        assert_eq!(err.variable, SECRET_CACHE_TTL_SECONDS);
+    }
+
+    #[test]
+    fn base_urls_must_be_azure_deployment_urls_over_https() {
+        for bad in [
+            "http://res.openai.azure.com/openai/deployments/d",
+            "https://res.openai.azure.com/openai/d",
+            "https://res.openai.azure.com/openai/deployments/d?x=1",
+            "https://user:pw@res.openai.azure.com/openai/deployments/d",
+            "not a url",
+        ] {
+            assert!(generations_url(bad, "2024-10-21").is_err(), "{bad}");
+        }
+        assert!(generations_url("http://127.0.0.1:8000/openai/deployments/d", "v").is_ok());
+    }
+
+    #[test]
+    fn duplicate_names_and_unknown_keys_are_rejected() {
+        let dup = format!("[{0},{0}]", &ONE[1..ONE.len() - 1]);
+        assert!(config(&[(IMAGE_MODELS, &dup), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
+        let typo = ONE.replace("apiVersion", "api_version");
+        assert!(config(&[(IMAGE_MODELS, &typo), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
+    }
+
+    #[test]
+    fn lookups_by_name_and_by_deployment() {
+        let cfg = config(&[(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")]).expect("valid");
+        assert_eq!(cfg.model_by_name(None).map(|m| m.name.as_str()), Some("azure-image"));
+        assert!(cfg.model_by_name(Some("img1")).is_none());
+        assert_eq!(
+            cfg.model_by_deployment("img1").map(|m| m.name.as_str()),
+            Some("azure-image")
+        );
+        assert_eq!(
+            cfg.model_by_deployment("azure-image").map(|m| m.name.as_str()),
+            Some("azure-image")
+        );
+        assert!(cfg.model_by_deployment("..").is_none());
+    }
+}

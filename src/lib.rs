@@ -1,0 +1,44 @@
+//! An AWS Lambda function that serves the OpenAI image generation API on
+//! Azure OpenAI image deployments, with the Azure key in AWS Secrets Manager.
+//!
+//! The data flows through the modules in this order: a front door
+//! ([`lambda`] or [`local`]) → [`handler`] (route) → [`request`] (validate
+//! for the model in [`models`]) → [`secrets`] (the key) → [`azure`] (the
+//! call) → [`response`] (OpenAI format) → out, with [`error`] the one shape
+//! every failure takes.
+
+pub mod azure;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod lambda;
+pub mod local;
+pub mod models;
+pub mod request;
+pub mod response;
+pub mod secrets;
+
+pub use config::Config;
+pub use handler::App;
+
+/// Builds the app's long-lived parts from a configuration: the Secrets
+/// Manager client (region, credentials and endpoint from the environment, as
+/// AWS SDKs read them) and the Azure client. No network call happens here.
+pub async fn build_app(config: Config) -> Result<App, String> {
+    use aws_config::timeout::TimeoutConfig;
+    use std::time::Duration;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(4))
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let source = secrets::SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws));
+    let cache = secrets::SecretCache::new(Box::new(source), config.secret_ttl);
+    let azure = azure::AzureClient::new().map_err(|e| format!("could not build the HTTP client: {e}"))?;
+    Ok(App::new(config, cache, azure))
+}

@@ -1,0 +1,68 @@
+//! The same app on a plain HTTP listener: the run command's server and the
+//! baseline for measuring what the Lambda path adds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming as HyperBody;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::handler::{App, Incoming, MAX_BODY_BYTES};
+
+/// Serves until the process is stopped.
+pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    let counter = Arc::new(AtomicU64::new(0));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                let id = format!(
+                    "local-{}-{}",
+                    std::process::id(),
+                    counter.fetch_add(1, Ordering::Relaxed)
+                );
+                async move { Ok::<_, std::convert::Infallible>(respond(&app, req, id).await) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, "connection closed with an error");
+            }
+        });
+    }
+}
+
+/// Binds `addr`; the caller logs where it listens.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn respond(app: &App, req: hyper::Request<HyperBody>, request_id: String) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    // One byte over the limit is enough to know the body is too large.
+    let body = match Limited::new(body, MAX_BODY_BYTES + 1).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::from(vec![0u8; MAX_BODY_BYTES + 1]),
+    };
+    let incoming = Incoming {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+        deadline: None,
+        request_id,
+    };
+    let response = app.handle(incoming).await;
+    response.map(|body| Full::new(Bytes::from(body)))
+}

@@ -1,0 +1,517 @@
+//! The image generation request: parsed from the client's JSON, checked for
+//! its target model, and turned into the body Azure receives.
+//!
+//! A generation request is small (a prompt and a few options), so it is held as
+//! a JSON map: fields the connector does not know are forwarded unchanged, and
+//! each known field is checked where it stands so an error can name it.
+
+use serde_json::{Map, Value};
+
+use crate::config::ModelEntry;
+use crate::error::ApiError;
+use crate::models::{GPT_IMAGE_ONLY, ModelSpec, Values};
+
+/// Fields only the connector reads; never sent upstream.
+const CONNECTOR_ONLY: [&str; 2] = ["fallbacks", "stream"];
+
+/// A parsed, type-checked generation request.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    /// Every field the client sent, but the nulls (the OpenAI schema makes
+    /// optional fields nullable, meaning "the default").
+    fields: Map<String, Value>,
+    pub model: Option<String>,
+    pub n: u32,
+    pub stream: bool,
+    pub fallbacks: Vec<String>,
+    /// For logs: the prompt itself never is.
+    pub prompt_chars: usize,
+}
+
+impl ImageRequest {
+    /// Parses a body and applies the checks every model shares: JSON object,
+    /// `prompt` present, each known field of its schema type.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid_body(
+                "The request body is empty. Send a JSON object with at least `prompt`.",
+            ));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid_body(format!(
+                "We could not parse the JSON body of your request ({}). The body must be a JSON object.",
+                describe_json_error(&e)
+            ))
+        })?;
+        let Value::Object(mut fields) = value else {
+            return Err(ApiError::invalid_body("The request body must be a JSON object."));
+        };
+        fields.retain(|k, v| !v.is_null() || k == "prompt");
+
+        let prompt = match fields.get("prompt") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "missing_required_parameter",
+                    "Missing required parameter: 'prompt'.",
+                ));
+            }
+            Some(Value::String(p)) if p.is_empty() => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "empty_string",
+                    "Invalid 'prompt': empty string. Expected a string with minimum length 1.",
+                ));
+            }
+            Some(Value::String(p)) => p.chars().count(),
+            Some(other) => return Err(wrong_type("prompt", "a string", other)),
+        };
+        for field in [
+            "model",
+            "size",
+            "quality",
+            "style",
+            "response_format",
+            "user",
+            "background",
+            "output_format",
+            "moderation",
+        ] {
+            if let Some(v) = fields.get(field) {
+                if !v.is_string() {
+                    return Err(wrong_type(field, "a string", v));
+                }
+            }
+        }
+        let n = integer(&fields, "n", 1, 10)?.unwrap_or(1);
+        integer(&fields, "output_compression", 0, 100)?;
+        integer(&fields, "partial_images", 0, 3)?;
+        let stream = match fields.get("stream") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(wrong_type("stream", "a boolean", other)),
+        };
+        let fallbacks = match fields.get("fallbacks") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(wrong_type("fallbacks", "an array of model names", other)),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(wrong_type("fallbacks", "an array of model names", other)),
+        };
+        let model = fields.get("model").and_then(Value::as_str).map(str::to_owned);
+        Ok(Self {
+            fields,
+            model,
+            n: n as u32,
+            stream,
+            fallbacks,
+            prompt_chars: prompt,
+        })
+    }
+
+    pub fn get_str(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+
+    /// The checks of one model family (the `models` table).
+    pub fn validate_for(&self, spec: &ModelSpec) -> Result<(), ApiError> {
+        if let Some(max) = spec.max_prompt_chars {
+            if self.prompt_chars > max {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "string_above_max_length",
+                    format!(
+                        "Invalid 'prompt': string too long. Expected a string with maximum length {max} for {}, but got a string with length {}.",
+                        spec.family, self.prompt_chars
+                    ),
+                ));
+            }
+        }
+        if self.n > spec.max_n {
+            let message = if spec.max_n == 1 {
+                format!("Invalid 'n': {} only supports n=1.", spec.family)
+            } else {
+                format!("Invalid 'n': {} supports at most n={}.", spec.family, spec.max_n)
+            };
+            return Err(ApiError::invalid_param("n", "integer_above_max_value", message));
+        }
+        if spec.always_b64 && self.get_str("response_format") == Some("url") {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "unsupported_value",
+                format!(
+                    "Invalid 'response_format': {} models always return base64-encoded images; `url` is not supported. Omit response_format or use `b64_json`.",
+                    spec.family
+                ),
+            ));
+        }
+        let checks: [(&'static str, Values); 7] = [
+            ("size", spec.size),
+            ("quality", spec.quality),
+            ("style", spec.style),
+            (
+                "response_format",
+                if spec.always_b64 {
+                    Values::OneOf(&["b64_json"])
+                } else {
+                    spec.response_format
+                },
+            ),
+            ("background", spec.background),
+            ("output_format", spec.output_format),
+            ("moderation", spec.moderation),
+        ];
+        for (field, accepted) in checks {
+            let Some(value) = self.get_str(field) else { continue };
+            match accepted {
+                Values::Any => {}
+                Values::OneOf(values) if values.contains(&value) => {}
+                Values::OneOf(values) => {
+                    return Err(ApiError::invalid_param(
+                        field,
+                        "invalid_value",
+                        format!(
+                            "Invalid value for '{field}': '{}'. Supported values for {} are: {}.",
+                            crate::error::printable(value),
+                            spec.family,
+                            quoted(values)
+                        ),
+                    ));
+                }
+                Values::NotAccepted => return Err(not_accepted(field, spec)),
+            }
+        }
+        if !spec.output_compression && self.fields.contains_key("output_compression") {
+            return Err(not_accepted("output_compression", spec));
+        }
+        if let Some(partial) = self.fields.get("partial_images").and_then(Value::as_u64) {
+            match spec.max_partial_images {
+                None => return Err(not_accepted("partial_images", spec)),
+                Some(max) if partial > u64::from(max) => {
+                    return Err(ApiError::invalid_param(
+                        "partial_images",
+                        "integer_above_max_value",
+                        format!("Invalid 'partial_images': at most {max}."),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.stream {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "unsupported_value",
+                "Streaming image generation is not supported by this connector yet; omit `stream` or set it to false.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The JSON body for Azure: the client's fields, less the connector's own
+    /// and those the model does not take silently, with `model` set to the
+    /// Azure model, never the client's alias.
+    pub fn upstream_body(&self, entry: &ModelEntry) -> Vec<u8> {
+        let mut body = Map::with_capacity(self.fields.len() + 1);
+        for (key, value) in &self.fields {
+            let skip = CONNECTOR_ONLY.contains(&key.as_str())
+                || key == "model"
+                // partial images only mean anything on a stream.
+                || (key == "partial_images" && !self.stream)
+                // gpt-image always answers b64_json and rejects the field.
+                || (key == "response_format" && entry.spec.always_b64);
+            if !skip {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+        body.insert("model".into(), Value::String(entry.model.clone()));
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+fn integer(fields: &Map<String, Value>, field: &'static str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+    let Some(value) = fields.get(field) else {
+        return Ok(None);
+    };
+    let Value::Number(number) = value else {
+        return Err(wrong_type(field, "an integer", value));
+    };
+    if let Some(v) = number.as_u64() {
+        if v < min {
+            return Err(ApiError::invalid_param(
+                field,
+                "integer_below_min_value",
+                format!(
+                    "Invalid '{field}': integer below minimum value. Expected a value >= {min}, but got {v} instead."
+                ),
+            ));
+        }
+        if v > max {
+            return Err(ApiError::invalid_param(
+                field,
+                "integer_above_max_value",
+                format!(
+                    "Invalid '{field}': integer above maximum value. Expected a value <= {max}, but got {v} instead."
+                ),
+            ));
+        }
+        return Ok(Some(v));
+    }
+    if number.is_i64() {
+        return Err(ApiError::invalid_param(
+            field,
+            "integer_below_min_value",
+            format!(
+                "Invalid '{field}': integer below minimum value. Expected a value >= {min}, but got {number} instead."
+            ),
+        ));
+    }
+    Err(wrong_type(field, "an integer", value))
+}
+
+fn wrong_type(field: &'static str, expected: &str, got: &Value) -> ApiError {
+    let got = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    ApiError::invalid_param(
+        field,
+        "invalid_type",
+        format!("Invalid type for '{field}': expected {expected}, but got {got} instead."),
+    )
+}
+
+fn not_accepted(field: &'static str, spec: &ModelSpec) -> ApiError {
+    let hint = if GPT_IMAGE_ONLY.contains(&field) {
+        " It is only supported by gpt-image models."
+    } else {
+        ""
+    };
+    ApiError::invalid_param(
+        field,
+        "unsupported_parameter",
+        format!(
+            "Unsupported parameter: '{field}' is not supported by {} models.{hint}",
+            spec.family
+        ),
+    )
+}
+
+fn quoted(values: &[&str]) -> String {
+    values.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ")
+}
+
+/// A JSON error without the input it came from: where, and what kind.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io | Category::Syntax => "invalid JSON",
+        Category::Data => "unexpected data",
+        Category::Eof => "unexpected end of input",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::models::{DALL_E_3, GENERIC, GPT_IMAGE};
+
+    fn parse(body: &str) -> Result<ImageRequest, ApiError> {
+        ImageRequest::parse(body.as_bytes())
+    }
+
+    fn param_of(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        let err = result.expect_err("expected a 400");
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST, "{err:?}");
+        err.param.map(|p| p.into_owned()).unwrap_or_default()
+    }
+
+    fn validate(body: &str, spec: &ModelSpec) -> Result<(), ApiError> {
+        parse(body)?.validate_for(spec)
+    }
+
+    fn entry(model: &str) -> ModelEntry {
+        let models = format!(
+            r#"[{{"name":"alias","model":"{model}","baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"2025-04-01-preview"}}]"#
+        );
+        let cfg = Config::from_lookup(|k| match k {
+            "IMAGE_MODELS" => Some(models.clone()),
+            "AZURE_API_KEY_SECRET_ID" => Some("s".into()),
+            _ => None,
+        })
+        .expect("valid config");
+        cfg.models[0].clone()
+    }
+
+    #[test]
+    fn prompt_is_required_and_a_non_empty_string() {
+        assert_eq!(param_of(parse(r#"{"n":1}"#)), "prompt");
+        assert_eq!(param_of(parse(r#"{"prompt":null}"#)), "prompt");
+        assert_eq!(param_of(parse(r#"{"prompt":""}"#)), "prompt");
+        assert_eq!(param_of(parse(r#"{"prompt":42}"#)), "prompt");
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_objects_are_rejected_without_a_param() {
+        for body in ["", "  ", "{", "[1]", "\"x\"", "nul"] {
+            let err = parse(body).expect_err(body);
+            assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+            assert!(err.param.is_none());
+        }
+        assert!(ImageRequest::parse(b"{\"prompt\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":"2"}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":1.5}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":-1}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":0}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":11}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","n":1e30}"#)), "n");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","size":1024}"#)), "size");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","stream":"yes"}"#)), "stream");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","fallbacks":"m"}"#)), "fallbacks");
+        assert_eq!(param_of(parse(r#"{"prompt":"p","fallbacks":[1]}"#)), "fallbacks");
+        assert_eq!(
+            param_of(parse(r#"{"prompt":"p","output_compression":101}"#)),
+            "output_compression"
+        );
+        assert_eq!(param_of(parse(r#"{"prompt":"p","model":{"a":1}}"#)), "model");
+    }
+
+    #[test]
+    fn nulls_mean_the_default() {
+        let req = parse(r#"{"prompt":"p","n":null,"size":null,"model":null}"#).expect("valid");
+        assert_eq!(req.n, 1);
+        assert!(req.model.is_none());
+        assert!(req.validate_for(&DALL_E_3).is_ok());
+    }
+
+    #[test]
+    fn dall_e_3_takes_only_n_1_its_sizes_qualities_and_styles() {
+        assert_eq!(param_of(validate(r#"{"prompt":"p","n":2}"#, &DALL_E_3)), "n");
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","size":"1536x1024"}"#, &DALL_E_3)),
+            "size"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","size":"256x256"}"#, &DALL_E_3)),
+            "size"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","quality":"high"}"#, &DALL_E_3)),
+            "quality"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","style":"pastel"}"#, &DALL_E_3)),
+            "style"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","background":"opaque"}"#, &DALL_E_3)),
+            "background"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","output_compression":50}"#, &DALL_E_3)),
+            "output_compression"
+        );
+        assert!(validate(
+            r#"{"prompt":"p","n":1,"size":"1792x1024","quality":"hd","style":"natural","response_format":"b64_json"}"#,
+            &DALL_E_3
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn gpt_image_takes_up_to_ten_its_sizes_and_no_style() {
+        assert!(validate(
+            r#"{"prompt":"p","n":10,"size":"1536x1024","quality":"low","background":"transparent","output_format":"jpeg","output_compression":80,"moderation":"low"}"#,
+            &GPT_IMAGE
+        )
+        .is_ok());
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","style":"vivid"}"#, &GPT_IMAGE)),
+            "style"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","size":"1792x1024"}"#, &GPT_IMAGE)),
+            "size"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","quality":"hd"}"#, &GPT_IMAGE)),
+            "quality"
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","output_format":"webp"}"#, &GPT_IMAGE)),
+            "output_format"
+        );
+    }
+
+    #[test]
+    fn gpt_image_refuses_url_responses_by_name() {
+        let err = validate(r#"{"prompt":"p","response_format":"url"}"#, &GPT_IMAGE).expect_err("url");
+        assert_eq!(err.param.as_deref(), Some("response_format"));
+        assert!(err.message.contains("b64_json"));
+        assert!(validate(r#"{"prompt":"p","response_format":"b64_json"}"#, &GPT_IMAGE).is_ok());
+    }
+
+    #[test]
+    fn prompt_length_limits_follow_the_model() {
+        let long = format!(r#"{{"prompt":"{}"}}"#, "é".repeat(4001));
+        assert_eq!(param_of(validate(&long, &DALL_E_3)), "prompt");
+        assert!(validate(&long, &GPT_IMAGE).is_ok());
+        let longer = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(32001));
+        assert_eq!(param_of(validate(&longer, &GPT_IMAGE)), "prompt");
+        assert!(validate(&longer, &GENERIC).is_ok());
+    }
+
+    #[test]
+    fn unknown_models_get_only_the_generic_checks() {
+        assert!(
+            validate(
+                r#"{"prompt":"p","size":"3840x2160","quality":"ultra","style":"x"}"#,
+                &GENERIC
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","response_format":"gif"}"#, &GENERIC)),
+            "response_format"
+        );
+    }
+
+    #[test]
+    fn stream_true_is_refused_until_streaming_lands() {
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","stream":true}"#, &GPT_IMAGE)),
+            "stream"
+        );
+        assert!(validate(r#"{"prompt":"p","stream":false}"#, &GPT_IMAGE).is_ok());
+    }
+
+    #[test]
+    fn upstream_body_uses_the_azure_model_and_drops_connector_fields() {
+        let req = parse(r#"{"model":"alias","prompt":"p","n":2,"stream":false,"fallbacks":["b"],"response_format":"b64_json","partial_images":2,"new_azure_param":{"x":1},"size":null}"#).expect("valid");
+        let body: Value = serde_json::from_slice(&req.upstream_body(&entry("gpt-image-1"))).expect("json");
+        assert_eq!(body["model"], "gpt-image-1");
+        assert_eq!(body["prompt"], "p");
+        assert_eq!(body["n"], 2);
+        assert_eq!(body["new_azure_param"]["x"], 1);
+        for gone in ["stream", "fallbacks", "response_format", "partial_images", "size"] {
+            assert!(body.get(gone).is_none(), "{gone} must not go upstream");
+        }
+        let body: Value = serde_json::from_slice(&req.upstream_body(&entry("dall-e-3"))).expect("json");
+        assert_eq!(body["model"], "dall-e-3");
+        assert_eq!(body["response_format"], "b64_json");
+    }
+}

@@ -1,0 +1,332 @@
+//! The Azure keys, read from AWS Secrets Manager on first need and cached per
+//! execution environment for a TTL.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// An Azure API key. Its `Debug` is redacted and it has no `Serialize` or
+/// `Display`, so it cannot reach a log line or a response by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Reads a secret's value: the bare key, or JSON `{"apiKey": "…"}`.
+    pub fn from_secret_value(value: &str) -> Result<Self, SecretError> {
+        let value = value.trim();
+        let key = if value.starts_with('{') {
+            #[derive(serde::Deserialize)]
+            struct Wrapped {
+                #[serde(rename = "apiKey")]
+                api_key: String,
+            }
+            serde_json::from_str::<Wrapped>(value)
+                .map_err(|_| SecretError::Invalid("a JSON secret must be an object with a string `apiKey`"))?
+                .api_key
+        } else {
+            value.to_owned()
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(SecretError::Invalid("the key is empty"));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::Invalid(
+                "the key has characters an HTTP header cannot carry",
+            ));
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([REDACTED])")
+    }
+}
+
+/// Why a key could not be had. Messages name no secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Secrets Manager could not be reached, throttled, or failed: worth a retry.
+    #[error("Secrets Manager is unavailable: {0}")]
+    Unavailable(String),
+    /// The secret is missing, not readable by this function, or not a key: the operator must act.
+    #[error("the secret cannot be used: {0}")]
+    Unusable(String),
+    #[error("the secret value is not a usable key: {0}")]
+    Invalid(&'static str),
+}
+
+pub type SecretFuture<'a> = Pin<Box<dyn Future<Output = Result<String, SecretError>> + Send + 'a>>;
+
+/// Where secret values come from: Secrets Manager in the function, a fake in unit tests.
+pub trait SecretSource: Send + Sync {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> SecretFuture<'a>;
+}
+
+/// Secrets Manager through the AWS SDK.
+pub struct SecretsManagerSource {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl SecretsManagerSource {
+    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl SecretSource for SecretsManagerSource {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> SecretFuture<'a> {
+        Box::pin(async move {
+            use aws_sdk_secretsmanager::error::SdkError;
+            use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+            let output = self
+                .client
+                .get_secret_value()
+                .secret_id(secret_id)
+                .send()
+                .await
+                .map_err(|e| match &e {
+                    SdkError::ServiceError(service) => match service.err() {
+                        GetSecretValueError::ResourceNotFoundException(_) => {
+                            SecretError::Unusable("the secret does not exist".into())
+                        }
+                        GetSecretValueError::DecryptionFailure(_) => {
+                            SecretError::Unusable("the secret could not be decrypted".into())
+                        }
+                        GetSecretValueError::InvalidRequestException(_)
+                        | GetSecretValueError::InvalidParameterException(_) => {
+                            SecretError::Unusable("the secret cannot be read (deleted or disabled)".into())
+                        }
+                        other => match other.meta().code() {
+                            Some("AccessDeniedException") => {
+                                SecretError::Unusable("access to the secret is denied".into())
+                            }
+                            Some(code) => SecretError::Unavailable(code.to_owned()),
+                            None => SecretError::Unavailable("service error".into()),
+                        },
+                    },
+                    SdkError::TimeoutError(_) => SecretError::Unavailable("timed out".into()),
+                    SdkError::DispatchFailure(_) => SecretError::Unavailable("could not connect".into()),
+                    _ => SecretError::Unavailable("unexpected response".into()),
+                })?;
+            if let Some(value) = output.secret_string() {
+                return Ok(value.to_owned());
+            }
+            output
+                .secret_binary()
+                .and_then(|blob| std::str::from_utf8(blob.as_ref()).ok())
+                .map(str::to_owned)
+                .ok_or(SecretError::Invalid("the secret has no text value"))
+        })
+    }
+}
+
+/// Keys by secret id, each fetched once per TTL: concurrent requests for the
+/// same secret wait on one fetch instead of each making their own.
+pub struct SecretCache {
+    source: Box<dyn SecretSource>,
+    ttl: Duration,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    key: Option<Arc<ApiKey>>,
+    /// When the cached key stops being fresh.
+    fresh_until: Option<Instant>,
+}
+
+/// How long a stale key keeps serving, without another fetch, after Secrets
+/// Manager failed to refresh it: requests should not each wait on a dead service.
+const STALE_GRACE: Duration = Duration::from_secs(30);
+
+impl SecretCache {
+    pub fn new(source: Box<dyn SecretSource>, ttl: Duration) -> Self {
+        Self {
+            source,
+            ttl,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, secret_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.entry(secret_id.to_owned()).or_default().clone()
+    }
+
+    /// The key, from the cache while fresh; a stale key keeps serving when a
+    /// refresh fails.
+    pub async fn get(&self, secret_id: &str) -> Result<Arc<ApiKey>, SecretError> {
+        let slot = self.slot(secret_id);
+        let mut slot = slot.lock().await;
+        let now = Instant::now();
+        if let (Some(key), Some(until)) = (&slot.key, slot.fresh_until) {
+            if now < until {
+                return Ok(key.clone());
+            }
+        }
+        match self.fetch(secret_id).await {
+            Ok(key) => {
+                slot.key = Some(key.clone());
+                slot.fresh_until = Some(now + self.ttl);
+                Ok(key)
+            }
+            Err(err) => match slot.key.clone() {
+                Some(stale) => {
+                    tracing::warn!(secret_id, error = %err, "refreshing the Azure key failed; serving the cached key");
+                    slot.fresh_until = Some(now + STALE_GRACE.min(self.ttl.max(Duration::from_secs(1))));
+                    Ok(stale)
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// A fresh key after Azure refused `rejected` (key rotation). When another
+    /// request already replaced it, that key is returned without a fetch.
+    pub async fn refresh(&self, secret_id: &str, rejected: &ApiKey) -> Result<Arc<ApiKey>, SecretError> {
+        let slot = self.slot(secret_id);
+        let mut slot = slot.lock().await;
+        if let Some(current) = &slot.key {
+            if current.as_ref() != rejected {
+                return Ok(current.clone());
+            }
+        }
+        let key = self.fetch(secret_id).await?;
+        slot.key = Some(key.clone());
+        slot.fresh_until = Some(Instant::now() + self.ttl);
+        Ok(key)
+    }
+
+    async fn fetch(&self, secret_id: &str) -> Result<Arc<ApiKey>, SecretError> {
+        let value = self.source.fetch(secret_id).await?;
+        tracing::debug!(secret_id, "fetched the Azure key from Secrets Manager");
+        Ok(Arc::new(ApiKey::from_secret_value(&value)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers from a script of results, counting calls.
+    struct Scripted {
+        calls: Arc<AtomicUsize>,
+        answers: Mutex<Vec<Result<String, SecretError>>>,
+    }
+
+    impl SecretSource for Scripted {
+        fn fetch<'a>(&'a self, _id: &'a str) -> SecretFuture<'a> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut answers = self.answers.lock().expect("lock");
+            let answer = if answers.len() > 1 {
+                answers.remove(0)
+            } else {
+                answers[0].clone()
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn cache(answers: Vec<Result<String, SecretError>>, ttl: u64) -> (SecretCache, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let source = Scripted {
+            calls: calls.clone(),
+            answers: Mutex::new(answers),
+        };
+        (SecretCache::new(Box::new(source), Duration::from_secs(ttl)), calls)
+    }
+
+    fn down() -> Result<String, SecretError> {
+        Err(SecretError::Unavailable("could not connect".into()))
+    }
+
+    #[test]
+    fn secret_values_are_bare_keys_or_json_with_api_key() {
+        assert_eq!(ApiKey::from_secret_value(" abc \n").expect("bare").expose(), "abc");
+        assert_eq!(
+            ApiKey::from_secret_value(r#"{"apiKey":"k1"}"#).expect("json").expose(),
+            "k1"
+        );
+        assert!(ApiKey::from_secret_value(r#"{"key":"k1"}"#).is_err());
+        assert!(ApiKey::from_secret_value("").is_err());
+        assert!(ApiKey::from_secret_value("a b").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let key = ApiKey::from_secret_value("super-secret-value").expect("key");
+        assert!(!format!("{key:?}").contains("super-secret"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_requests_within_the_ttl_make_one_fetch() {
+        let (cache, calls) = cache(vec![Ok("k".into())], 300);
+        for _ in 0..20 {
+            assert_eq!(cache.get("s").await.expect("key").expose(), "k");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        cache.get("s").await.expect("key");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_first_requests_share_one_fetch() {
+        let (cache, calls) = cache(vec![Ok("k".into())], 300);
+        let cache = Arc::new(cache);
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let c = cache.clone();
+                tokio::spawn(async move { c.get("s").await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join").expect("key");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_first_fetch_is_not_cached() {
+        let (cache, calls) = cache(vec![down(), Ok("k".into())], 300);
+        assert!(matches!(cache.get("s").await, Err(SecretError::Unavailable(_))));
+        assert_eq!(cache.get("s").await.expect("recovered").expose(), "k");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_key_keeps_serving_when_the_refresh_fails() {
+        let (cache, calls) = cache(vec![Ok("k".into()), down(), Ok("k2".into())], 60);
+        cache.get("s").await.expect("key");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(cache.get("s").await.expect("stale").expose(), "k");
+        // Within the grace period no request waits on another fetch.
+        assert_eq!(cache.get("s").await.expect("stale").expose(), "k");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(STALE_GRACE).await;
+        assert_eq!(cache.get("s").await.expect("fresh").expose(), "k2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_fetches_once_for_a_rejected_key() {
+        let (cache, calls) = cache(vec![Ok("old".into()), Ok("new".into())], 300);
+        let old = cache.get("s").await.expect("key");
+        assert_eq!(cache.refresh("s", &old).await.expect("new").expose(), "new");
+        // A second request that also saw `old` rejected gets `new` without a fetch.
+        assert_eq!(cache.refresh("s", &old).await.expect("new").expose(), "new");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
