@@ -1,0 +1,295 @@
+//! Test parts shared by the integration tests: an in-process Azure stand-in
+//! that records what it receives, a scripted secret source, and the app wired
+//! to both. The end-to-end stage (tests/e2e) uses the real peers instead.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use azure_openai_image::Config;
+use azure_openai_image::azure::AzureClient;
+use azure_openai_image::handler::{App, Incoming};
+use azure_openai_image::secrets::{SecretCache, SecretError, SecretFuture, SecretSource};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub const AZURE_KEY: &str = "azure-test-key-0123456789";
+pub const GPT_DEPLOYMENT: &str = "gpt-image-1";
+pub const DALLE_DEPLOYMENT: &str = "dall-e-3";
+
+/// What the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// What the stand-in answers.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Canned {
+    pub fn json(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Responder = dyn Fn(&Recorded, usize) -> Canned + Send + Sync;
+
+/// An Azure image deployment on 127.0.0.1, answering with `responder`
+/// (given the request and its 0-based number).
+pub struct FakeAzure {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAzure {
+    pub async fn start(responder: impl Fn(&Recorded, usize) -> Canned + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let responder: Arc<Responder> = Arc::new(responder);
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                let responder = responder.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        let responder = responder.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let recorded = Recorded {
+                                path: parts.uri.path().to_owned(),
+                                query: parts.uri.query().unwrap_or_default().to_owned(),
+                                headers: parts.headers,
+                                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                            };
+                            let number = {
+                                let mut log = log.lock().expect("lock");
+                                log.push(recorded.clone());
+                                log.len() - 1
+                            };
+                            let canned = responder(&recorded, number);
+                            tokio::time::sleep(canned.delay).await;
+                            let mut response = hyper::Response::builder()
+                                .status(canned.status)
+                                .header("content-type", "application/json")
+                                .header("apim-request-id", "apim-0001");
+                            for (k, v) in canned.headers {
+                                response = response.header(k, v);
+                            }
+                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(canned.body))).expect("response"))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, received, task }
+    }
+
+    /// Answers every request as a healthy deployment of its model would.
+    pub async fn healthy() -> Self {
+        Self::start(|req, _| success_for(req)).await
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn base_url(&self, deployment: &str) -> String {
+        format!("http://{}/openai/deployments/{deployment}", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FakeAzure {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A base64 string of `len` characters (a stand-in for image data).
+pub fn b64_of_len(len: usize) -> String {
+    "QUJD".repeat(len / 4 + 1)[..len].to_owned()
+}
+
+/// Azure's 200 for the request's model and `n`.
+pub fn success_for(req: &Recorded) -> Canned {
+    let n = req.body.get("n").and_then(|n| n.as_u64()).unwrap_or(1);
+    let images: Vec<String> = (0..n)
+        .map(|i| {
+            if req.body["model"] == "dall-e-3" {
+                if req.body.get("response_format").and_then(|f| f.as_str()) == Some("b64_json") {
+                    format!(r#"{{"b64_json":"{}","revised_prompt":"revised","content_filter_results":{{}}}}"#, b64_of_len(64))
+                } else {
+                    r#"{"url":"https://dalle.blob.core.windows.net/private/images/x.png?se=1","revised_prompt":"revised"}"#.to_owned()
+                }
+            } else {
+                format!(r#"{{"b64_json":"{}"}}"#, b64_of_len(64 + i as usize))
+            }
+        })
+        .collect();
+    let extra = if req.body["model"] == "dall-e-3" {
+        String::new()
+    } else {
+        r#","background":"opaque","output_format":"png","quality":"high","size":"1024x1024","usage":{"total_tokens":100,"input_tokens":50,"output_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40}}"#.to_owned()
+    };
+    Canned::json(
+        200,
+        &format!(r#"{{"created":1700000000,"data":[{}]{extra}}}"#, images.join(",")),
+    )
+}
+
+/// A secret source answering from a script (the last answer repeats), counting calls.
+pub struct ScriptedSecrets {
+    pub calls: Arc<AtomicUsize>,
+    answers: Mutex<Vec<Result<String, SecretError>>>,
+}
+
+impl ScriptedSecrets {
+    pub fn new(answers: Vec<Result<String, SecretError>>) -> (Self, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        (
+            Self {
+                calls: calls.clone(),
+                answers: Mutex::new(answers),
+            },
+            calls,
+        )
+    }
+}
+
+impl SecretSource for ScriptedSecrets {
+    fn fetch<'a>(&'a self, _secret_id: &'a str) -> SecretFuture<'a> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut answers = self.answers.lock().expect("lock");
+        let answer = if answers.len() > 1 {
+            answers.remove(0)
+        } else {
+            answers[0].clone()
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// The configuration the events and tests use: `azure-image` (gpt-image-1)
+/// first, `dall-e-3` second, both on the stand-in.
+pub fn config_for(fake: &FakeAzure) -> Config {
+    let models = format!(
+        r#"[{{"name":"azure-image","model":"gpt-image-1","baseURL":"{}","apiVersion":"2025-04-01-preview"}},
+            {{"name":"dall-e-3","model":"dall-e-3","baseURL":"{}","apiVersion":"2024-10-21"}}]"#,
+        fake.base_url(GPT_DEPLOYMENT),
+        fake.base_url(DALLE_DEPLOYMENT)
+    );
+    Config::from_lookup(|k| match k {
+        "IMAGE_MODELS" => Some(models.clone()),
+        "AZURE_API_KEY_SECRET_ID" => Some("azure-openai-key".into()),
+        _ => None,
+    })
+    .expect("valid test configuration")
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub secret_calls: Arc<AtomicUsize>,
+}
+
+pub fn app_with(fake: &FakeAzure, answers: Vec<Result<String, SecretError>>) -> TestApp {
+    let config = config_for(fake);
+    let (source, secret_calls) = ScriptedSecrets::new(answers);
+    let cache = SecretCache::new(Box::new(source), config.secret_ttl);
+    let app = App::new(config, cache, AzureClient::new().expect("client"));
+    TestApp { app, secret_calls }
+}
+
+pub fn app_for(fake: &FakeAzure) -> TestApp {
+    app_with(fake, vec![Ok(AZURE_KEY.to_owned())])
+}
+
+pub fn request(method: Method, path: &str, body: &str) -> Incoming {
+    Incoming {
+        method,
+        path: path.to_owned(),
+        headers: HeaderMap::new(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        deadline: None,
+        request_id: "req-test-1".to_owned(),
+    }
+}
+
+pub fn post(path: &str, body: &str) -> Incoming {
+    request(Method::POST, path, body)
+}
+
+pub fn with_deadline(mut req: Incoming, left: Duration) -> Incoming {
+    req.deadline = Some(Instant::now() + left);
+    req
+}
+
+pub fn json(response: &Response<Vec<u8>>) -> serde_json::Value {
+    serde_json::from_slice(response.body()).expect("response body is JSON")
+}
+
+/// Asserts the OpenAI error shape and returns the error object.
+pub fn openai_error(response: &Response<Vec<u8>>, status: u16) -> serde_json::Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "{}",
+        String::from_utf8_lossy(response.body())
+    );
+    let body = json(response);
+    let error = body["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.get(key).is_some(), "error.{key} missing in {body}");
+    }
+    assert_eq!(body["status_code"], status);
+    assert_eq!(body["extra_fields"]["provider"], "azure");
+    let text = String::from_utf8_lossy(response.body());
+    assert!(!text.contains(AZURE_KEY), "the key leaked: {text}");
+    assert!(!text.contains("127.0.0.1"), "the upstream URL leaked: {text}");
+    error
+}

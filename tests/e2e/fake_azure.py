@@ -1,0 +1,293 @@
+"""A strict stand-in for Azure OpenAI image deployments.
+
+It answers `POST /openai/deployments/{deployment}/images/generations` the way
+Azure does (shapes from ../shared/reference/azure-openai: WIRE.md and the
+2024-10-21 / 2025-04-01-preview spec examples), with real, decodable PNGs.
+
+Strict: every upstream request is checked against what the connector must
+send (path, api-version, api-key, content type, body fields for the model).
+A wrong request is recorded as a violation and answered with an error, so a
+test fails both on the answer and on `violations`.
+
+Prompts can ask for a fault, the way tests need them:
+  [content-filter]  400 content_policy_violation with inner_error (dall-e-3 shape)
+  [moderation]      400 moderation_blocked (gpt-image shape)
+  [rate-limit]      429 with retry-after
+  [server-error]    500 server_error
+  [not-json]        200 with a body that is not JSON
+
+Run alone: python fake_azure.py --port 8081 --deployments '{"img":{"model":"gpt-image-1","api_version":"2025-04-01-preview"}}' --key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import struct
+import threading
+import time
+import urllib.parse
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+GPT_IMAGE = {"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
+SIZES = {
+    "dall-e-3": {"1024x1024", "1792x1024", "1024x1792"},
+    "gpt-image": {"1024x1024", "1536x1024", "1024x1536", "auto"},
+}
+CONNECTOR_ONLY = {"fallbacks", "stream"}
+
+_png_cache: dict[tuple[int, int, int], bytes] = {}
+
+
+def png(width: int, height: int, shade: int = 0) -> bytes:
+    """A real PNG of the given size: RGB, a colour per shade, one filter byte a row."""
+    cache_key = (width, height, shade % 8)
+    if cache_key not in _png_cache:
+        colour = bytes([(40 * shade) % 256, 120, (255 - 30 * shade) % 256])
+        row = b"\x00" + colour * width
+        raw = row * height
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            body = kind + data
+            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        _png_cache[cache_key] = (
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
+        )
+    return _png_cache[cache_key]
+
+
+def filter_results() -> dict:
+    safe = {"filtered": False, "severity": "safe"}
+    return {"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe}
+
+
+class FakeAzure:
+    """The server, its expectations and what it saw. Thread-safe."""
+
+    def __init__(self, deployments: dict[str, dict], keys: list[str], host: str = "127.0.0.1", port: int = 0):
+        self.deployments = deployments
+        self.keys = list(keys)
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.violations: list[str] = []
+        self.images: dict[str, bytes] = {}
+        self.delay = 0.0
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def base_url(self, deployment: str) -> str:
+        return f"{self.url}/openai/deployments/{deployment}"
+
+    def start(self) -> "FakeAzure":
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.violations.clear()
+
+    def set_keys(self, keys: list[str]) -> None:
+        with self.lock:
+            self.keys = list(keys)
+
+    def _violation(self, message: str) -> None:
+        with self.lock:
+            self.violations.append(message)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet: tests read `requests`
+                pass
+
+            def _send(self, status: int, body: bytes, content_type: str = "application/json", headers=None):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("apim-request-id", "fake-apim-0001")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, status: int, error: dict, headers=None):
+                self._send(status, json.dumps({"error": error}).encode(), headers=headers)
+
+            def do_GET(self):
+                if self.path.startswith("/_fake/images/"):
+                    image = fake.images.get(self.path.rsplit("/", 1)[-1])
+                    if image is None:
+                        return self._send(404, b"{}")
+                    return self._send(200, image, content_type="image/png")
+                fake._violation(f"unexpected GET {self.path}")
+                self._send(404, b"{}")
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                parsed = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(parsed.query)
+                record = {
+                    "path": parsed.path,
+                    "query": query,
+                    "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() != "api-key"},
+                    "api_key_ok": self.headers.get("api-key") in fake.keys,
+                    "body": None,
+                }
+                with fake.lock:
+                    fake.requests.append(record)
+                parts = parsed.path.split("/")
+                if len(parts) != 6 or parts[:3] != ["", "openai", "deployments"] or parts[4:] != ["images", "generations"]:
+                    fake._violation(f"unexpected path {parsed.path}")
+                    return self._error(404, {"code": "404", "message": "Resource not found"})
+                deployment = fake.deployments.get(parts[3])
+                if deployment is None:
+                    return self._error(404, {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."})
+                if query.get("api-version") != [deployment["api_version"]]:
+                    fake._violation(f"api-version {query.get('api-version')} != {deployment['api_version']}")
+                    return self._error(404, {"code": "404", "message": "Resource not found"})
+                if "authorization" in record["headers"]:
+                    fake._violation("an Authorization header reached Azure")
+                if not record["api_key_ok"]:
+                    return self._error(401, {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."})
+                if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+                    fake._violation(f"content-type {self.headers.get('Content-Type')}")
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    fake._violation("body is not JSON")
+                    return self._error(400, {"code": "invalidPayload", "message": "not JSON"})
+                record["body"] = {k: (v if k != "prompt" else f"<{len(v)} chars>") for k, v in body.items()}
+                problem = check_body(body, deployment["model"])
+                if problem:
+                    fake._violation(problem)
+                    return self._error(400, {"code": "invalid_value", "message": problem, "type": "invalid_request_error", "param": None})
+                if fake.delay:
+                    time.sleep(fake.delay)
+                return self._answer(body, deployment["model"])
+
+            def _answer(self, body: dict, model: str):
+                prompt = body["prompt"]
+                if "[content-filter]" in prompt:
+                    return self._error(400, {
+                        "code": "content_policy_violation",
+                        "message": "Your request was rejected as a result of our safety system.",
+                        "param": "prompt",
+                        "type": "invalid_request_error",
+                        "inner_error": {
+                            "code": "ResponsibleAIPolicyViolation",
+                            "content_filter_results": {**filter_results(), "violence": {"filtered": True, "severity": "high"}},
+                            "revised_prompt": "A revised prompt",
+                        },
+                    })
+                if "[moderation]" in prompt:
+                    return self._error(400, {"code": "moderation_blocked", "message": "Your request was rejected by the safety system.", "param": None, "type": "image_generation_user_error"})
+                if "[rate-limit]" in prompt:
+                    return self._error(429, {"code": "429", "message": "Requests to the images API have exceeded the rate limit. Please retry after 7 seconds."}, headers={"retry-after": "7"})
+                if "[server-error]" in prompt:
+                    return self._error(500, {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": "server_error"})
+                if "[not-json]" in prompt:
+                    return self._send(200, b"<html>gateway</html>", content_type="text/html")
+                n = body.get("n", 1)
+                size = body.get("size", "1024x1024")
+                if size == "auto":
+                    size = "1024x1024"
+                width, height = (int(x) for x in size.split("x"))
+                data = []
+                for i in range(n):
+                    image = png(width, height, i)
+                    if model in GPT_IMAGE:
+                        data.append({"b64_json": base64.b64encode(image).decode()})
+                    else:
+                        item = {"revised_prompt": "A revised prompt", "content_filter_results": filter_results(), "prompt_filter_results": filter_results()}
+                        if body.get("response_format", "url") == "b64_json":
+                            item["b64_json"] = base64.b64encode(image).decode()
+                        else:
+                            name = f"{len(fake.images)}-{i}.png"
+                            fake.images[name] = image
+                            item["url"] = f"{fake.url}/_fake/images/{name}"
+                        data.append(item)
+                answer = {"created": int(time.time()), "data": data}
+                if model in GPT_IMAGE:
+                    answer.update({
+                        "background": body.get("background", "opaque") if body.get("background") != "auto" else "opaque",
+                        "output_format": body.get("output_format", "png"),
+                        "quality": body.get("quality", "high") if body.get("quality") != "auto" else "high",
+                        "size": size,
+                        "usage": {"total_tokens": 100 + 50 * n, "input_tokens": 100, "output_tokens": 50 * n,
+                                  "input_tokens_details": {"text_tokens": 100, "image_tokens": 0}},
+                    })
+                self._send(200, json.dumps(answer).encode())
+
+        return Handler
+
+
+def check_body(body, model: str) -> str | None:
+    """What Azure would refuse, or the connector must never send."""
+    if not isinstance(body, dict):
+        return "body is not an object"
+    if body.get("model") != model:
+        return f"model {body.get('model')!r} is not the deployment's model {model!r}"
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        return "prompt missing"
+    leaked = CONNECTOR_ONLY & body.keys()
+    if leaked:
+        return f"connector-only fields reached Azure: {sorted(leaked)}"
+    n = body.get("n", 1)
+    if model in GPT_IMAGE:
+        if "response_format" in body:
+            return "response_format sent to a gpt-image model"
+        if "style" in body:
+            return "style sent to a gpt-image model"
+        if not 1 <= n <= 10:
+            return f"n={n}"
+        if body.get("size", "auto") not in SIZES["gpt-image"]:
+            return f"size {body.get('size')}"
+    elif model == "dall-e-3":
+        if n != 1:
+            return f"n={n} for dall-e-3"
+        if body.get("size", "1024x1024") not in SIZES["dall-e-3"]:
+            return f"size {body.get('size')}"
+        if body.get("quality", "standard") not in {"standard", "hd"}:
+            return f"quality {body.get('quality')}"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--deployments", required=True, help="JSON: deployment -> {model, api_version}")
+    parser.add_argument("--key", action="append", required=True)
+    args = parser.parse_args()
+    fake = FakeAzure(json.loads(args.deployments), args.key, port=args.port)
+    print(f"fake Azure listening on {fake.url}", flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
