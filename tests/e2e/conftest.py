@@ -1,0 +1,84 @@
+"""The end-to-end stage: moto server as Secrets Manager, the strict Azure
+stand-in, the connector under `cargo lambda watch`, and the official `openai`
+SDK as the caller."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+
+import stack  # noqa: E402
+from fake_azure import FakeAzure  # noqa: E402
+
+AZURE_KEY = "azure-e2e-key-4f1c9a"
+SECRET_NAME = "azure-openai-image/azure-key"
+
+
+@pytest.fixture(scope="session")
+def log_dir():
+    with tempfile.TemporaryDirectory(prefix="aoi-e2e-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def moto(log_dir):
+    server = stack.Moto(log_dir).start()
+    server.put_secret(SECRET_NAME, '{"apiKey": "%s"}' % AZURE_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure():
+    fake = FakeAzure(stack.fake_deployments(), [AZURE_KEY]).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def strict_azure(azure):
+    """Every test ends with the stand-in having seen only correct upstream requests."""
+    azure.reset()
+    azure.set_keys([AZURE_KEY])
+    yield
+    assert azure.violations == [], f"the connector sent Azure a wrong request: {azure.violations}"
+
+
+@pytest.fixture(scope="session")
+def start_connector(moto, azure, log_dir):
+    """Starts connectors under cargo lambda watch; stops them all at the end."""
+    started = []
+
+    def start(moto_server=moto, **extra):
+        env = stack.connector_env(moto_server, stack.image_models(azure.url), SECRET_NAME, **extra)
+        connector = stack.Connector(env, log_dir).start()
+        started.append(connector)
+        return connector
+
+    yield start
+    for connector in started:
+        connector.stop()
+
+
+@pytest.fixture(scope="session")
+def connector(start_connector):
+    return start_connector()
+
+
+@pytest.fixture
+def openai_client(connector):
+    import openai
+
+    return openai.OpenAI(base_url=f"{connector.url}/v1", api_key="sk-e2e-client", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def azure_client(connector):
+    import openai
+
+    return openai.AzureOpenAI(azure_endpoint=connector.url, api_key="e2e-client", api_version="2025-04-01-preview", max_retries=0, timeout=60)

@@ -1,0 +1,96 @@
+"""The run command (scripts/run): the connector on this machine, ready for curl.
+
+With no settings it starts everything it needs on 127.0.0.1: moto server as
+Secrets Manager (seeded with a key), the Azure stand-in (real, decodable PNGs)
+and the connector under `cargo lambda watch`.
+
+Real Azure instead: set IMAGE_MODELS (see the README) and either
+  AZURE_OPENAI_API_KEY   the key, seeded into the local Secrets Manager, or
+  AZURE_API_KEY_SECRET_ID  a secret in your real AWS account (with AWS credentials in the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stack  # noqa: E402
+from fake_azure import FakeAzure  # noqa: E402
+
+LOCAL_SECRET = "azure-openai-image/azure-key"
+STAND_IN_KEY = "local-azure-key"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run azure-openai-image locally.", epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9000")), help="where the connector listens (default 9000)")
+    parser.add_argument("--local-server", action="store_true", help="serve on the plain local listener instead of under cargo lambda watch")
+    args = parser.parse_args()
+
+    log_dir = Path(tempfile.mkdtemp(prefix="azure-openai-image-"))
+    stoppers = []
+    try:
+        real_models = os.environ.get("IMAGE_MODELS")
+        moto = None
+        if real_models and not os.environ.get("AZURE_OPENAI_API_KEY"):
+            if not os.environ.get("AZURE_API_KEY_SECRET_ID"):
+                print("IMAGE_MODELS is set: also set AZURE_OPENAI_API_KEY, or AZURE_API_KEY_SECRET_ID with AWS credentials.", file=sys.stderr)
+                return 2
+            env = {}
+            print("Using real Azure and real AWS Secrets Manager.")
+        else:
+            moto = stack.Moto(log_dir).start()
+            stoppers.append(moto.stop)
+            if real_models:
+                moto.put_secret(LOCAL_SECRET, os.environ["AZURE_OPENAI_API_KEY"])
+                models = real_models
+                print("Using real Azure; the key is in the local Secrets Manager.")
+            else:
+                azure = FakeAzure(stack.fake_deployments(), [STAND_IN_KEY]).start()
+                stoppers.append(azure.stop)
+                moto.put_secret(LOCAL_SECRET, '{"apiKey": "%s"}' % STAND_IN_KEY)
+                models = json.dumps(stack.image_models(azure.url))
+                print(f"Azure stand-in on {azure.url}; Secrets Manager (moto) on {moto.url}.")
+            env = stack.connector_env(moto, [], LOCAL_SECRET)
+            env["IMAGE_MODELS"] = models
+
+        mode = "local" if args.local_server else "lambda"
+        print(f"Starting the connector ({'local listener' if mode == 'local' else 'cargo lambda watch'}); the first build takes a few minutes...")
+        connector = stack.Connector(env, log_dir, mode=mode, port=args.port).start()
+        stoppers.append(connector.stop)
+        base = connector.url
+        print(
+            f"""
+azure-openai-image is up on {base}  (logs: {connector.process.log})
+
+  curl -s {base}/v1/images/generations -H 'Content-Type: application/json' \\
+       -d '{{"model": "azure-image", "prompt": "A cute cat", "n": 1, "size": "1024x1024"}}'
+
+  curl -s '{base}/openai/deployments/dall-e-3/images/generations?api-version=2024-10-21' \\
+       -H 'Content-Type: application/json' -d '{{"prompt": "A cute cat", "response_format": "b64_json"}}'
+
+  OpenAI(base_url="{base}/v1", api_key="any")
+  AzureOpenAI(azure_endpoint="{base}", api_key="any", api_version="2025-04-01-preview")
+
+Ctrl-C stops everything."""
+        )
+        while connector.process and connector.process.popen.poll() is None:
+            time.sleep(0.5)
+        print(f"the connector exited; see {connector.process.log if connector.process else log_dir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
