@@ -2,32 +2,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
-
 use crate::config::ModelEntry;
+use crate::response::{UpstreamError, UpstreamResponse};
 use crate::secrets::ApiKey;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What Azure answered, before any interpretation.
-#[derive(Debug)]
-pub struct UpstreamResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// Why no answer came. Carries no URL: reqwest's errors do, so they stop here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("the Azure deployment did not answer in time")]
-    Timeout,
-    #[error("the Azure deployment could not be reached")]
-    Connect,
-    #[error("the connection to the Azure deployment failed")]
-    Transport,
-}
 
 /// The HTTP client for Azure, built once per execution environment.
 #[derive(Clone)]

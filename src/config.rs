@@ -6,14 +6,16 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::Url;
 use serde::Deserialize;
+use url::Url;
 
 use crate::models::ModelSpec;
 
 pub const IMAGE_MODELS: &str = "IMAGE_MODELS";
 pub const AZURE_API_KEY_SECRET_ID: &str = "AZURE_API_KEY_SECRET_ID";
 pub const SECRET_CACHE_TTL_SECONDS: &str = "SECRET_CACHE_TTL_SECONDS";
+pub const CLIENT_API_KEYS_SECRET_ID: &str = "CLIENT_API_KEYS_SECRET_ID";
+pub const AUTH_MODE: &str = "AUTH_MODE";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 
@@ -23,6 +25,18 @@ pub struct Config {
     /// In the order configured: the first serves requests that name no model.
     pub models: Vec<ModelEntry>,
     pub secret_ttl: Duration,
+    pub auth: AuthMode,
+}
+
+/// Who checks callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The connector, against the client keys in this secret. Without a
+    /// secret every request that needs a key is refused: secure by default.
+    ClientKeys { secret_id: Option<String> },
+    /// Something in front of the connector (API Gateway IAM, a Lambda
+    /// authorizer, Cognito): set explicitly with `AUTH_MODE=none`.
+    None,
 }
 
 /// One configured Azure image deployment.
@@ -95,6 +109,20 @@ impl Config {
                 )
             })?,
         };
+        let client_keys = lookup(CLIENT_API_KEYS_SECRET_ID)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        let auth = match lookup(AUTH_MODE).as_deref().map(str::trim) {
+            None | Some("") | Some("client-keys") => AuthMode::ClientKeys { secret_id: client_keys },
+            Some("none") if client_keys.is_some() => {
+                return Err(problem(
+                    AUTH_MODE,
+                    format!("is `none` but {CLIENT_API_KEYS_SECRET_ID} is set; unset one of them"),
+                ));
+            }
+            Some("none") => AuthMode::None,
+            Some(other) => return Err(problem(AUTH_MODE, format!("`{other}` is not `client-keys` or `none`"))),
+        };
         let raw_models = lookup(IMAGE_MODELS)
             .ok_or_else(|| problem(IMAGE_MODELS, "is not set; it must be a JSON array of model entries"))?;
         let entries: Vec<RawEntry> = serde_json::from_str(&raw_models)
@@ -115,7 +143,11 @@ impl Config {
             }
             models.push(entry);
         }
-        Ok(Self { models, secret_ttl })
+        Ok(Self {
+            models,
+            secret_ttl,
+            auth,
+        })
     }
 
     /// The entry a client names as `model` on the OpenAI route; the first when it names none.
@@ -294,6 +326,31 @@ mod tests {
         assert!(config(&[(IMAGE_MODELS, &dup), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
         let typo = ONE.replace("apiVersion", "api_version");
         assert!(config(&[(IMAGE_MODELS, &typo), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
+    }
+
+    #[test]
+    fn auth_is_client_keys_unless_none_is_said_explicitly() {
+        let base = [(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")];
+        assert_eq!(
+            config(&base).expect("valid").auth,
+            AuthMode::ClientKeys { secret_id: None }
+        );
+        let with_keys = config(&[base[0], base[1], (CLIENT_API_KEYS_SECRET_ID, "clients")]).expect("valid");
+        assert_eq!(
+            with_keys.auth,
+            AuthMode::ClientKeys {
+                secret_id: Some("clients".into())
+            }
+        );
+        assert_eq!(
+            config(&[base[0], base[1], (AUTH_MODE, "none")]).expect("valid").auth,
+            AuthMode::None
+        );
+        let err = config(&[base[0], base[1], (AUTH_MODE, "off")]).expect_err("unknown mode");
+        assert_eq!(err.variable, AUTH_MODE);
+        let err =
+            config(&[base[0], base[1], (AUTH_MODE, "none"), (CLIENT_API_KEYS_SECRET_ID, "c")]).expect_err("conflict");
+        assert_eq!(err.variable, AUTH_MODE);
     }
 
     #[test]

@@ -8,12 +8,15 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Response, StatusCode};
 
+use std::sync::Arc;
+
+use crate::auth::{Caller, ClientKeys, no_keys_configured};
 use crate::azure::AzureClient;
-use crate::config::{Config, ModelEntry};
-use crate::error::{ApiError, ErrorContext, SERVER_ERROR};
+use crate::config::{AuthMode, Config, ModelEntry};
+use crate::error::{ApiError, ErrorContext, INVALID_REQUEST, SERVER_ERROR};
 use crate::request::ImageRequest;
-use crate::response::{images_response, upstream_error, upstream_unavailable};
-use crate::secrets::{SecretCache, SecretError};
+use crate::response::{UpstreamError, images_response, upstream_error, upstream_unavailable};
+use crate::secrets::{ApiKey, SecretCache, SecretError, SecretSource};
 
 /// Bodies above this are refused before parsing.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -38,8 +41,9 @@ pub struct Incoming {
 /// What lives for the whole execution environment: built once, shared by every request.
 pub struct App {
     pub config: Config,
-    pub secrets: SecretCache,
-    pub azure: AzureClient,
+    azure_keys: SecretCache<ApiKey>,
+    client_keys: SecretCache<ClientKeys>,
+    azure: AzureClient,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
 }
@@ -85,6 +89,8 @@ struct Outcome<'a> {
     entry: Option<&'a ModelEntry>,
     n: Option<u32>,
     prompt_chars: Option<usize>,
+    /// The client key's name.
+    client: Option<String>,
     upstream_status: Option<u16>,
     upstream_attempts: u32,
     upstream_ms: Option<u128>,
@@ -92,16 +98,34 @@ struct Outcome<'a> {
 }
 
 impl App {
-    pub fn new(config: Config, secrets: SecretCache, azure: AzureClient) -> Self {
+    /// `secrets` serves both the Azure keys and the client keys, each cached for the TTL.
+    pub fn new(config: Config, secrets: Arc<dyn SecretSource>, azure: AzureClient) -> Self {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self {
+            azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
+            client_keys: SecretCache::new(secrets, ClientKeys::from_secret_value, config.secret_ttl),
             config,
-            secrets,
             azure,
             started,
+        }
+    }
+
+    /// The caller behind the request's key, as `AUTH_MODE` says to check it.
+    async fn authenticate(&self, req: &Incoming) -> Result<Caller, ApiError> {
+        match &self.config.auth {
+            AuthMode::None => Ok(Caller::unchecked()),
+            AuthMode::ClientKeys { secret_id: None } => Err(no_keys_configured()),
+            AuthMode::ClientKeys { secret_id: Some(id) } => {
+                let keys = self
+                    .client_keys
+                    .get(id)
+                    .await
+                    .map_err(|e| secret_error(e, "its client keys"))?;
+                keys.authenticate(&req.headers)
+            }
         }
     }
 
@@ -120,7 +144,13 @@ impl App {
             }
             Route::Models => {
                 outcome.route = "models";
-                Ok(ok_json(self.model_list()))
+                match self.authenticate(&req).await {
+                    Ok(caller) => {
+                        outcome.client = caller.name.clone();
+                        Ok(ok_json(self.model_list(&caller)))
+                    }
+                    Err(err) => Err(self.error_response(&err, &outcome)),
+                }
             }
             Route::Health => {
                 outcome.route = "health";
@@ -155,6 +185,11 @@ impl App {
         deployment: Option<&'a str>,
         outcome: &mut Outcome<'a>,
     ) -> Result<Response<Vec<u8>>, Response<Vec<u8>>> {
+        let caller = self
+            .authenticate(req)
+            .await
+            .map_err(|e| self.error_response(&e, outcome))?;
+        outcome.client = caller.name.clone();
         if req.body.len() > MAX_BODY_BYTES {
             let err = ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -164,6 +199,7 @@ impl App {
             );
             return Err(self.error_response(&err, outcome));
         }
+        check_content_type(&req.headers).map_err(|e| self.error_response(&e, outcome))?;
         let image_request = ImageRequest::parse(&req.body).map_err(|e| self.error_response(&e, outcome))?;
         outcome.n = Some(image_request.n);
         outcome.prompt_chars = Some(image_request.prompt_chars);
@@ -184,7 +220,8 @@ impl App {
         }
         .map_err(|e| self.error_response(&e, outcome))?;
         outcome.entry = Some(entry);
-        self.check(&image_request, entry)
+        let model_param = if deployment.is_some() { "deployment-id" } else { "model" };
+        self.check(&image_request, entry, &caller, model_param)
             .map_err(|e| self.error_response(&e, outcome))?;
 
         let body = image_request.upstream_body(entry);
@@ -198,7 +235,16 @@ impl App {
     }
 
     /// The checks of the entry's model, and that fallbacks name configured models.
-    fn check(&self, image_request: &ImageRequest, entry: &ModelEntry) -> Result<(), ApiError> {
+    /// The caller may use the model (and its fallbacks), the request passes the
+    /// checks of the entry's model, and fallbacks name configured models.
+    fn check(
+        &self,
+        image_request: &ImageRequest,
+        entry: &ModelEntry,
+        caller: &Caller,
+        model_param: &'static str,
+    ) -> Result<(), ApiError> {
+        caller.check(&entry.name, model_param)?;
         image_request.validate_for(entry.spec)?;
         if let Some(unknown) = image_request
             .fallbacks
@@ -214,6 +260,9 @@ impl App {
                 ),
             ));
         }
+        for fallback in &image_request.fallbacks {
+            caller.check(fallback, "fallbacks")?;
+        }
         Ok(())
     }
 
@@ -226,7 +275,11 @@ impl App {
         deadline: Option<Instant>,
         outcome: &mut Outcome<'_>,
     ) -> Result<crate::response::ImagesResponse, ApiError> {
-        let mut key = self.secrets.get(&entry.secret_id).await.map_err(secret_error)?;
+        let mut key = self
+            .azure_keys
+            .get(&entry.secret_id)
+            .await
+            .map_err(|e| secret_error(e, "its Azure key"))?;
         let started = Instant::now();
         let mut rotated = false;
         let result = loop {
@@ -237,7 +290,7 @@ impl App {
                     .and_then(|left| left.checked_sub(DEADLINE_MARGIN))
                 {
                     Some(left) if !left.is_zero() => left,
-                    _ => break Err(upstream_unavailable(crate::azure::UpstreamError::Timeout)),
+                    _ => break Err(upstream_unavailable(UpstreamError::Timeout)),
                 },
             };
             outcome.upstream_attempts += 1;
@@ -250,10 +303,10 @@ impl App {
                 rotated = true;
                 tracing::warn!(model = %entry.name, "Azure refused the cached key; fetching it again");
                 key = self
-                    .secrets
+                    .azure_keys
                     .refresh(&entry.secret_id, &key)
                     .await
-                    .map_err(secret_error)?;
+                    .map_err(|e| secret_error(e, "its Azure key"))?;
                 continue;
             }
             break if response.status.is_success() {
@@ -266,7 +319,8 @@ impl App {
         result
     }
 
-    fn model_list(&self) -> Vec<u8> {
+    /// The configured models the caller may use.
+    fn model_list(&self, caller: &Caller) -> Vec<u8> {
         #[derive(serde::Serialize)]
         struct Model<'a> {
             id: &'a str,
@@ -285,6 +339,7 @@ impl App {
                 .config
                 .models
                 .iter()
+                .filter(|m| caller.may_use(&m.name))
                 .map(|m| Model {
                     id: &m.name,
                     object: "model",
@@ -345,15 +400,16 @@ fn ok_json(body: Vec<u8>) -> Response<Vec<u8>> {
     response
 }
 
-fn secret_error(err: SecretError) -> ApiError {
-    tracing::error!(error = %err, "could not get the Azure key");
+/// A secret that could not be had: `what` names it for the client, never its id or value.
+fn secret_error(err: SecretError, what: &str) -> ApiError {
+    tracing::error!(error = %err, "could not read {what}");
     match err {
         SecretError::Unavailable(_) => {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
                 "secrets_unavailable",
-                "The connector could not read its Azure key from AWS Secrets Manager. Please retry shortly.",
+                format!("The connector could not read {what} from AWS Secrets Manager. Please retry shortly."),
             );
             e.retry_after = Some(Duration::from_secs(1));
             e
@@ -362,9 +418,36 @@ fn secret_error(err: SecretError) -> ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             SERVER_ERROR,
             "secret_misconfigured",
-            "The connector's Azure key secret cannot be used. The operator must check the secret and the function's access to it.",
+            format!(
+                "The connector cannot use {what}. The operator must check the secret and the function's access to it."
+            ),
         ),
     }
+}
+
+/// JSON only: `application/json`, or any `+json` type. A missing header is
+/// let through (the body must still parse as JSON).
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json" || media.ends_with("+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        INVALID_REQUEST,
+        "invalid_content_type",
+        "The request body must be JSON, sent with `Content-Type: application/json`.",
+    ))
 }
 
 fn log_request(req: &Incoming, outcome: &Outcome<'_>, response: &Response<Vec<u8>>, elapsed: Duration) {
@@ -374,6 +457,7 @@ fn log_request(req: &Incoming, outcome: &Outcome<'_>, response: &Response<Vec<u8
         request_id = %req.request_id,
         method = %req.method,
         route = outcome.route,
+        client = outcome.client.as_deref(),
         model_requested = outcome.model_requested.as_deref(),
         model = outcome.entry.map(|e| e.name.as_str()),
         azure_model = outcome.entry.map(|e| e.model.as_str()),

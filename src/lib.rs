@@ -7,23 +7,33 @@
 //! call) → [`response`] (OpenAI format) → out, with [`error`] the one shape
 //! every failure takes.
 
-pub mod azure;
 pub mod config;
 pub mod error;
-pub mod handler;
-pub mod lambda;
-pub mod local;
 pub mod models;
 pub mod request;
 pub mod response;
+
+#[cfg(feature = "runtime")]
+pub mod auth;
+#[cfg(feature = "runtime")]
+pub mod azure;
+#[cfg(feature = "runtime")]
+pub mod handler;
+#[cfg(feature = "runtime")]
+pub mod lambda;
+#[cfg(feature = "runtime")]
+pub mod local;
+#[cfg(feature = "runtime")]
 pub mod secrets;
 
 pub use config::Config;
+#[cfg(feature = "runtime")]
 pub use handler::App;
 
 /// Builds the app's long-lived parts from a configuration: the Secrets
 /// Manager client (region, credentials and endpoint from the environment, as
 /// AWS SDKs read them) and the Azure client. No network call happens here.
+#[cfg(feature = "runtime")]
 pub async fn build_app(config: Config) -> Result<App, String> {
     use aws_config::timeout::TimeoutConfig;
     use std::time::Duration;
@@ -38,7 +48,6 @@ pub async fn build_app(config: Config) -> Result<App, String> {
         .load()
         .await;
     let source = secrets::SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws));
-    let cache = secrets::SecretCache::new(Box::new(source), config.secret_ttl);
     let azure = azure::AzureClient::new().map_err(|e| format!("could not build the HTTP client: {e}"))?;
-    Ok(App::new(config, cache, azure))
+    Ok(App::new(config, std::sync::Arc::new(source), azure))
 }

@@ -6,14 +6,33 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::azure::{UpstreamError, UpstreamResponse};
 use crate::config::ModelEntry;
 use crate::error::{ApiError, INVALID_REQUEST, SERVER_ERROR};
+
+/// What Azure answered, before any interpretation.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why no answer came. Carries no URL: the HTTP client's errors do, so they stop in `azure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the Azure deployment did not answer in time")]
+    Timeout,
+    #[error("the Azure deployment could not be reached")]
+    Connect,
+    #[error("the connection to the Azure deployment failed")]
+    Transport,
+}
 
 /// A JSON object whose values stay unparsed slices of the input: the way
 /// megabytes of base64 cross the connector without a copy into a value tree.

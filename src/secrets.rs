@@ -1,5 +1,5 @@
-//! The Azure keys, read from AWS Secrets Manager on first need and cached per
-//! execution environment for a TTL.
+//! Secrets (the Azure keys, the client keys), read from AWS Secrets Manager on
+//! first need and cached per execution environment for a TTL.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -132,59 +132,69 @@ impl SecretSource for SecretsManagerSource {
     }
 }
 
-/// Keys by secret id, each fetched once per TTL: concurrent requests for the
-/// same secret wait on one fetch instead of each making their own.
-pub struct SecretCache {
-    source: Box<dyn SecretSource>,
+/// Parsed secret values by secret id, each fetched once per TTL: concurrent
+/// requests for the same secret wait on one fetch instead of each making their own.
+pub struct SecretCache<T> {
+    source: Arc<dyn SecretSource>,
+    parse: fn(&str) -> Result<T, SecretError>,
     ttl: Duration,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot<T>>>>>,
 }
 
-#[derive(Default)]
-struct Slot {
-    key: Option<Arc<ApiKey>>,
-    /// When the cached key stops being fresh.
+struct Slot<T> {
+    value: Option<Arc<T>>,
+    /// When the cached value stops being fresh.
     fresh_until: Option<Instant>,
 }
 
-/// How long a stale key keeps serving, without another fetch, after Secrets
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self {
+            value: None,
+            fresh_until: None,
+        }
+    }
+}
+
+/// How long a stale value keeps serving, without another fetch, after Secrets
 /// Manager failed to refresh it: requests should not each wait on a dead service.
 const STALE_GRACE: Duration = Duration::from_secs(30);
 
-impl SecretCache {
-    pub fn new(source: Box<dyn SecretSource>, ttl: Duration) -> Self {
+impl<T: Send + Sync + 'static> SecretCache<T> {
+    pub fn new(source: Arc<dyn SecretSource>, parse: fn(&str) -> Result<T, SecretError>, ttl: Duration) -> Self {
         Self {
             source,
+            parse,
             ttl,
             slots: Mutex::new(HashMap::new()),
         }
     }
 
-    fn slot(&self, secret_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, secret_id: &str) -> Arc<tokio::sync::Mutex<Slot<T>>> {
         let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         slots.entry(secret_id.to_owned()).or_default().clone()
     }
 
-    /// The key, from the cache while fresh; a stale key keeps serving when a
-    /// refresh fails.
-    pub async fn get(&self, secret_id: &str) -> Result<Arc<ApiKey>, SecretError> {
+    /// The value, from the cache while fresh; a stale value keeps serving when
+    /// a refresh fails.
+    pub async fn get(&self, secret_id: &str) -> Result<Arc<T>, SecretError> {
         let slot = self.slot(secret_id);
         let mut slot = slot.lock().await;
         let now = Instant::now();
-        if let (Some(key), Some(until)) = (&slot.key, slot.fresh_until) {
+        if let (Some(value), Some(until)) = (&slot.value, slot.fresh_until) {
             if now < until {
-                return Ok(key.clone());
+                return Ok(value.clone());
             }
         }
         match self.fetch(secret_id).await {
-            Ok(key) => {
-                slot.key = Some(key.clone());
+            Ok(value) => {
+                slot.value = Some(value.clone());
                 slot.fresh_until = Some(now + self.ttl);
-                Ok(key)
+                Ok(value)
             }
-            Err(err) => match slot.key.clone() {
+            Err(err) => match slot.value.clone() {
                 Some(stale) => {
-                    tracing::warn!(secret_id, error = %err, "refreshing the Azure key failed; serving the cached key");
+                    tracing::warn!(secret_id, error = %err, "refreshing a secret failed; serving the cached value");
                     slot.fresh_until = Some(now + STALE_GRACE.min(self.ttl.max(Duration::from_secs(1))));
                     Ok(stale)
                 }
@@ -193,26 +203,30 @@ impl SecretCache {
         }
     }
 
-    /// A fresh key after Azure refused `rejected` (key rotation). When another
-    /// request already replaced it, that key is returned without a fetch.
-    pub async fn refresh(&self, secret_id: &str, rejected: &ApiKey) -> Result<Arc<ApiKey>, SecretError> {
+    /// A fresh value after `rejected` was refused (an Azure key rotated since it
+    /// was cached). When another request already replaced it, that value is
+    /// returned without a fetch.
+    pub async fn refresh(&self, secret_id: &str, rejected: &T) -> Result<Arc<T>, SecretError>
+    where
+        T: PartialEq,
+    {
         let slot = self.slot(secret_id);
         let mut slot = slot.lock().await;
-        if let Some(current) = &slot.key {
+        if let Some(current) = &slot.value {
             if current.as_ref() != rejected {
                 return Ok(current.clone());
             }
         }
-        let key = self.fetch(secret_id).await?;
-        slot.key = Some(key.clone());
+        let value = self.fetch(secret_id).await?;
+        slot.value = Some(value.clone());
         slot.fresh_until = Some(Instant::now() + self.ttl);
-        Ok(key)
+        Ok(value)
     }
 
-    async fn fetch(&self, secret_id: &str) -> Result<Arc<ApiKey>, SecretError> {
-        let value = self.source.fetch(secret_id).await?;
-        tracing::debug!(secret_id, "fetched the Azure key from Secrets Manager");
-        Ok(Arc::new(ApiKey::from_secret_value(&value)?))
+    async fn fetch(&self, secret_id: &str) -> Result<Arc<T>, SecretError> {
+        let raw = self.source.fetch(secret_id).await?;
+        tracing::debug!(secret_id, "fetched a secret from Secrets Manager");
+        Ok(Arc::new((self.parse)(&raw)?))
     }
 }
 
@@ -240,13 +254,14 @@ mod tests {
         }
     }
 
-    fn cache(answers: Vec<Result<String, SecretError>>, ttl: u64) -> (SecretCache, Arc<AtomicUsize>) {
+    fn cache(answers: Vec<Result<String, SecretError>>, ttl: u64) -> (SecretCache<ApiKey>, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let source = Scripted {
             calls: calls.clone(),
             answers: Mutex::new(answers),
         };
-        (SecretCache::new(Box::new(source), Duration::from_secs(ttl)), calls)
+        let cache = SecretCache::new(Arc::new(source), ApiKey::from_secret_value, Duration::from_secs(ttl));
+        (cache, calls)
     }
 
     fn down() -> Result<String, SecretError> {

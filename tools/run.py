@@ -4,9 +4,14 @@ With no settings it starts everything it needs on 127.0.0.1: moto server as
 Secrets Manager (seeded with a key), the Azure stand-in (real, decodable PNGs)
 and the connector under `cargo lambda watch`.
 
+Callers present the client key sk-local-dev (LOCAL_CLIENT_KEY overrides it),
+kept in the local Secrets Manager's client keys secret; AUTH_MODE=none turns
+the check off.
+
 Real Azure instead: set IMAGE_MODELS (see the README) and either
   AZURE_OPENAI_API_KEY   the key, seeded into the local Secrets Manager, or
-  AZURE_API_KEY_SECRET_ID  a secret in your real AWS account (with AWS credentials in the environment).
+  AZURE_API_KEY_SECRET_ID  a secret in your real AWS account (with AWS credentials in the
+                         environment; then also CLIENT_API_KEYS_SECRET_ID, or AUTH_MODE=none).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import stack  # noqa: E402
 from fake_azure import FakeAzure  # noqa: E402
 
 LOCAL_SECRET = "azure-openai-image/azure-key"
+LOCAL_CLIENT_KEYS = "azure-openai-image/client-keys"
 STAND_IN_KEY = "local-azure-key"
+# The key local callers present; in the local Secrets Manager's client keys secret.
+LOCAL_CLIENT_KEY = os.environ.get("LOCAL_CLIENT_KEY", "sk-local-dev")
 
 
 def main() -> int:
@@ -60,24 +68,30 @@ def main() -> int:
                 print(f"Azure stand-in on {azure.url}; Secrets Manager (moto) on {moto.url}.")
             env = stack.connector_env(moto, [], LOCAL_SECRET)
             env["IMAGE_MODELS"] = models
+            if os.environ.get("AUTH_MODE") != "none":
+                moto.put_secret(LOCAL_CLIENT_KEYS, json.dumps([LOCAL_CLIENT_KEY]))
+                env["CLIENT_API_KEYS_SECRET_ID"] = LOCAL_CLIENT_KEYS
 
         mode = "local" if args.local_server else "lambda"
         print(f"Starting the connector ({'local listener' if mode == 'local' else 'cargo lambda watch'}); the first build takes a few minutes...")
         connector = stack.Connector(env, log_dir, mode=mode, port=args.port).start()
         stoppers.append(connector.stop)
         base = connector.url
+        key = LOCAL_CLIENT_KEY if env.get("CLIENT_API_KEYS_SECRET_ID") else "<your client key>"
         print(
             f"""
 azure-openai-image is up on {base}  (logs: {connector.process.log})
 
   curl -s {base}/v1/images/generations -H 'Content-Type: application/json' \\
+       -H 'Authorization: Bearer {key}' \\
        -d '{{"model": "azure-image", "prompt": "A cute cat", "n": 1, "size": "1024x1024"}}'
 
   curl -s '{base}/openai/deployments/dall-e-3/images/generations?api-version=2024-10-21' \\
-       -H 'Content-Type: application/json' -d '{{"prompt": "A cute cat", "response_format": "b64_json"}}'
+       -H 'Content-Type: application/json' -H 'api-key: {key}' \\
+       -d '{{"prompt": "A cute cat", "response_format": "b64_json"}}'
 
-  OpenAI(base_url="{base}/v1", api_key="any")
-  AzureOpenAI(azure_endpoint="{base}", api_key="any", api_version="2025-04-01-preview")
+  OpenAI(base_url="{base}/v1", api_key="{key}")
+  AzureOpenAI(azure_endpoint="{base}", api_key="{key}", api_version="2025-04-01-preview")
 
 Ctrl-C stops everything."""
         )

@@ -8,6 +8,7 @@ server binds to 127.0.0.1 and is stopped by whoever started it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -120,15 +121,22 @@ class Moto:
         except client.exceptions.ResourceExistsException:
             return client.put_secret_value(SecretId=name, SecretString=value)["ARN"]
 
-    def get_secret_value_calls(self) -> int:
-        """GetSecretValue requests made by the connector (the AWS SDK for Rust)."""
+    def get_secret_value_calls(self, secret_id: str) -> int:
+        """GetSecretValue requests for `secret_id` made by the connector (the AWS SDK for Rust)."""
         with urllib.request.urlopen(f"{self.url}/moto-api/recorder/download-recording", timeout=10) as r:
             lines = r.read().decode().splitlines()
         count = 0
         for line in lines:
             record = json.loads(line)
             headers = {k.lower(): v for k, v in record.get("headers", {}).items()}
-            if headers.get("x-amz-target") == "secretsmanager.GetSecretValue" and "aws-sdk-rust" in headers.get("user-agent", "") + headers.get("x-amz-user-agent", ""):
+            if headers.get("x-amz-target") != "secretsmanager.GetSecretValue":
+                continue
+            if "aws-sdk-rust" not in headers.get("user-agent", "") + headers.get("x-amz-user-agent", ""):
+                continue
+            body = record.get("body") or ""
+            if record.get("body_encoded"):
+                body = base64.b64decode(body).decode()
+            if json.loads(body or "{}").get("SecretId") == secret_id:
                 count += 1
         return count
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use azure_openai_image::Config;
 use azure_openai_image::azure::AzureClient;
 use azure_openai_image::handler::{App, Incoming};
-use azure_openai_image::secrets::{SecretCache, SecretError, SecretFuture, SecretSource};
+use azure_openai_image::secrets::{SecretError, SecretFuture, SecretSource};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Full};
@@ -24,6 +24,12 @@ use tokio::net::TcpListener;
 pub const AZURE_KEY: &str = "azure-test-key-0123456789";
 pub const GPT_DEPLOYMENT: &str = "gpt-image-1";
 pub const DALLE_DEPLOYMENT: &str = "dall-e-3";
+/// The client key every test request carries (also the one in `events/`).
+pub const CLIENT_KEY: &str = "sk-example";
+/// A key restricted to `azure-image`.
+pub const TEAM_A_KEY: &str = "sk-team-a";
+pub const CLIENT_KEYS_SECRET: &str = "client-keys";
+pub const CLIENT_KEYS: &str = r#"["sk-example", {"key": "sk-team-a", "name": "team-a", "models": ["azure-image"]}]"#;
 
 /// What the stand-in received.
 #[derive(Debug, Clone)]
@@ -203,7 +209,10 @@ impl ScriptedSecrets {
 }
 
 impl SecretSource for ScriptedSecrets {
-    fn fetch<'a>(&'a self, _secret_id: &'a str) -> SecretFuture<'a> {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> SecretFuture<'a> {
+        if secret_id == CLIENT_KEYS_SECRET {
+            return Box::pin(async { Ok(CLIENT_KEYS.to_owned()) });
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mut answers = self.answers.lock().expect("lock");
         let answer = if answers.len() > 1 {
@@ -218,6 +227,11 @@ impl SecretSource for ScriptedSecrets {
 /// The configuration the events and tests use: `azure-image` (gpt-image-1)
 /// first, `dall-e-3` second, both on the stand-in.
 pub fn config_for(fake: &FakeAzure) -> Config {
+    config_with(fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)])
+}
+
+/// The test models with other auth settings: `settings` replaces the client keys secret.
+pub fn config_with(fake: &FakeAzure, settings: &[(&str, &str)]) -> Config {
     let models = format!(
         r#"[{{"name":"azure-image","model":"gpt-image-1","baseURL":"{}","apiVersion":"2025-04-01-preview"}},
             {{"name":"dall-e-3","model":"dall-e-3","baseURL":"{}","apiVersion":"2024-10-21"}}]"#,
@@ -227,7 +241,7 @@ pub fn config_for(fake: &FakeAzure) -> Config {
     Config::from_lookup(|k| match k {
         "IMAGE_MODELS" => Some(models.clone()),
         "AZURE_API_KEY_SECRET_ID" => Some("azure-openai-key".into()),
-        _ => None,
+        other => settings.iter().find(|(k, _)| *k == other).map(|(_, v)| (*v).to_owned()),
     })
     .expect("valid test configuration")
 }
@@ -238,10 +252,12 @@ pub struct TestApp {
 }
 
 pub fn app_with(fake: &FakeAzure, answers: Vec<Result<String, SecretError>>) -> TestApp {
-    let config = config_for(fake);
+    app_from(config_for(fake), answers)
+}
+
+pub fn app_from(config: Config, answers: Vec<Result<String, SecretError>>) -> TestApp {
     let (source, secret_calls) = ScriptedSecrets::new(answers);
-    let cache = SecretCache::new(Box::new(source), config.secret_ttl);
-    let app = App::new(config, cache, AzureClient::new().expect("client"));
+    let app = App::new(config, Arc::new(source), AzureClient::new().expect("client"));
     TestApp { app, secret_calls }
 }
 
@@ -249,11 +265,15 @@ pub fn app_for(fake: &FakeAzure) -> TestApp {
     app_with(fake, vec![Ok(AZURE_KEY.to_owned())])
 }
 
+/// A request carrying `CLIENT_KEY` as a bearer token, as the OpenAI SDKs send it.
 pub fn request(method: Method, path: &str, body: &str) -> Incoming {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {CLIENT_KEY}").parse().expect("header"));
+    headers.insert("content-type", "application/json".parse().expect("header"));
     Incoming {
         method,
         path: path.to_owned(),
-        headers: HeaderMap::new(),
+        headers,
         body: Bytes::copy_from_slice(body.as_bytes()),
         deadline: None,
         request_id: "req-test-1".to_owned(),
@@ -262,6 +282,16 @@ pub fn request(method: Method, path: &str, body: &str) -> Incoming {
 
 pub fn post(path: &str, body: &str) -> Incoming {
     request(Method::POST, path, body)
+}
+
+pub fn with_header(mut req: Incoming, name: &'static str, value: &str) -> Incoming {
+    req.headers.insert(name, value.parse().expect("header"));
+    req
+}
+
+pub fn without_header(mut req: Incoming, name: &'static str) -> Incoming {
+    req.headers.remove(name);
+    req
 }
 
 pub fn with_deadline(mut req: Incoming, left: Duration) -> Incoming {

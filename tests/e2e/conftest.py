@@ -4,6 +4,7 @@ SDK as the caller."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,10 @@ from fake_azure import FakeAzure  # noqa: E402
 
 AZURE_KEY = "azure-e2e-key-4f1c9a"
 SECRET_NAME = "azure-openai-image/azure-key"
+CLIENT_KEYS_SECRET = "azure-openai-image/client-keys"
+CLIENT_KEY = "sk-e2e-client"
+TEAM_KEY = "sk-e2e-team-a"
+CLIENT_KEYS = json.dumps([CLIENT_KEY, {"key": TEAM_KEY, "name": "team-a", "models": ["azure-image"]}])
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +34,7 @@ def log_dir():
 def moto(log_dir):
     server = stack.Moto(log_dir).start()
     server.put_secret(SECRET_NAME, '{"apiKey": "%s"}' % AZURE_KEY)
+    server.put_secret(CLIENT_KEYS_SECRET, CLIENT_KEYS)
     yield server
     server.stop()
 
@@ -55,7 +61,8 @@ def start_connector(moto, azure, log_dir):
     started = []
 
     def start(moto_server=moto, **extra):
-        env = stack.connector_env(moto_server, stack.image_models(azure.url), SECRET_NAME, **extra)
+        settings = {"CLIENT_API_KEYS_SECRET_ID": CLIENT_KEYS_SECRET, **extra}
+        env = stack.connector_env(moto_server, stack.image_models(azure.url), SECRET_NAME, **settings)
         connector = stack.Connector(env, log_dir).start()
         started.append(connector)
         return connector
@@ -74,11 +81,11 @@ def connector(start_connector):
 def openai_client(connector):
     import openai
 
-    return openai.OpenAI(base_url=f"{connector.url}/v1", api_key="sk-e2e-client", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
 
 
 @pytest.fixture
 def azure_client(connector):
     import openai
 
-    return openai.AzureOpenAI(azure_endpoint=connector.url, api_key="e2e-client", api_version="2025-04-01-preview", max_retries=0, timeout=60)
+    return openai.AzureOpenAI(azure_endpoint=connector.url, api_key=CLIENT_KEY, api_version="2025-04-01-preview", max_retries=0, timeout=60)

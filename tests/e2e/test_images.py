@@ -12,7 +12,7 @@ import zlib
 import openai
 import pytest
 
-from conftest import AZURE_KEY, SECRET_NAME
+from conftest import AZURE_KEY, CLIENT_KEY, CLIENT_KEYS_SECRET, SECRET_NAME
 
 
 def decode_png(data: bytes) -> tuple[int, int]:
@@ -74,7 +74,7 @@ def test_azure_sdk_on_the_deployments_route(azure_client, azure):
 
 
 def test_azure_sdk_on_the_seed_path_with_a_configured_name(connector, azure):
-    client = openai.AzureOpenAI(azure_endpoint=f"{connector.url}/openai", api_key="e2e", api_version="2024-10-21", max_retries=0)
+    client = openai.AzureOpenAI(azure_endpoint=f"{connector.url}/openai", api_key=CLIENT_KEY, api_version="2024-10-21", max_retries=0)
     result = client.images.generate(model="dall-e-3", prompt="a lighthouse", response_format="b64_json")
     assert decode_png(base64.b64decode(result.data[0].b64_json)) == (1024, 1024)
     # The client's api-version is not what goes upstream: the configured one is.
@@ -150,7 +150,7 @@ def test_model_list_names_the_configured_models(openai_client):
 
 def test_error_bodies_carry_the_gateway_fields(connector):
     request = urllib.request.Request(
-        f"{connector.url}/v1/images/generations", data=b'{"model":"dall-e-3","prompt":"x","n":4}', headers={"content-type": "application/json"}, method="POST"
+        f"{connector.url}/v1/images/generations", data=b'{"model":"dall-e-3","prompt":"x","n":4}', headers={"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}, method="POST"
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=30)
@@ -162,16 +162,17 @@ def test_error_bodies_carry_the_gateway_fields(connector):
 
 def test_many_requests_make_one_get_secret_value(start_connector, moto):
     connector = start_connector()
-    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key="e2e", max_retries=0)
-    before = moto.get_secret_value_calls()
+    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    before = {s: moto.get_secret_value_calls(s) for s in (SECRET_NAME, CLIENT_KEYS_SECRET)}
     for _ in range(8):
         client.images.generate(model="azure-image", prompt="a lighthouse")
-    assert moto.get_secret_value_calls() - before == 1
+    assert moto.get_secret_value_calls(SECRET_NAME) - before[SECRET_NAME] == 1
+    assert moto.get_secret_value_calls(CLIENT_KEYS_SECRET) - before[CLIENT_KEYS_SECRET] == 1
 
 
 def test_a_rotated_azure_key_is_picked_up_after_a_401(start_connector, moto, azure):
     connector = start_connector()
-    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key="e2e", max_retries=0)
+    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0)
     client.images.generate(model="azure-image", prompt="before rotation")
     rotated = AZURE_KEY + "-rotated"
     moto.put_secret(SECRET_NAME, rotated)
@@ -189,7 +190,7 @@ def test_secrets_manager_down_is_503_secrets_unavailable(start_connector, log_di
 
     dead = stack.Moto(log_dir, port=stack.free_port())  # never started: nothing listens there
     connector = start_connector(moto_server=dead)
-    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key="e2e", max_retries=0)
+    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:
         client.images.generate(model="azure-image", prompt="a lighthouse")
     assert caught.value.status_code == 503

@@ -1,5 +1,6 @@
-"""template.yaml as `sam deploy` sees it: expanded by the SAM translator, so a
-property SAM rejects fails here rather than at deploy time."""
+"""template.yaml as `sam deploy` sees it: expanded by the SAM translator (so a
+property SAM rejects fails here, not at deploy time), then resolved for each
+CallerAuth choice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-openai-key-AbCdEf"
+CLIENT_KEYS_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:client-keys-XyZ123"
 
 
 class NoManagedPolicies:
@@ -20,7 +22,7 @@ class NoManagedPolicies:
 
 
 @pytest.fixture(scope="module")
-def resources():
+def expanded():
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     from cfnlint.decode import decode
     from samtranslator.translator.transform import transform
@@ -31,15 +33,58 @@ def resources():
     # `sam build` replaces CodeUri with the built artifact in S3.
     template["Resources"]["ConnectorFunction"]["Properties"]["CodeUri"] = "s3://bucket/connector.zip"
     parameters = {"ImageModels": "[]", "AzureApiKeySecretArn": SECRET_ARN}
-    return transform(template, parameters, NoManagedPolicies())["Resources"]
+    return transform(template, parameters, NoManagedPolicies())
+
+
+def resolve(node, conditions: dict[str, bool], parameters: dict[str, str]):
+    """Evaluates Fn::If, Ref to parameters, Fn::Join and Fn::Split as CloudFormation would."""
+    if isinstance(node, list):
+        items = [resolve(n, conditions, parameters) for n in node]
+        return [i for i in items if i != "AWS::NoValue"]
+    if not isinstance(node, dict):
+        return node
+    if "Fn::If" in node:
+        name, yes, no = node["Fn::If"]
+        return resolve(yes if conditions[name] else no, conditions, parameters)
+    if node.get("Ref") == "AWS::NoValue":
+        return "AWS::NoValue"
+    if "Ref" in node and node["Ref"] in parameters:
+        return parameters[node["Ref"]]
+    if "Fn::Join" in node:
+        sep, parts = node["Fn::Join"]
+        return sep.join(resolve(parts, conditions, parameters))
+    if "Fn::Split" in node:
+        sep, text = node["Fn::Split"]
+        return resolve(text, conditions, parameters).split(sep)
+    return {k: resolve(v, conditions, parameters) for k, v in node.items()}
+
+
+MODES = {
+    "client-keys": ({"IamAuth": False, "ClientKeys": True, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": CLIENT_KEYS_ARN}),
+    "aws-iam": ({"IamAuth": True, "ClientKeys": False, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": ""}),
+}
+
+
+@pytest.fixture(params=list(MODES))
+def deployed(request, expanded):
+    """The resources CloudFormation would create for one CallerAuth choice."""
+    conditions, extra = MODES[request.param]
+    parameters = {"AzureApiKeySecretArn": SECRET_ARN, "ExtraSecretArns": "", "CallerAuth": request.param, **extra}
+    resources = {
+        name: resolve(resource, conditions, parameters)
+        for name, resource in expanded["Resources"].items()
+        if conditions.get(resource.get("Condition", ""), True)
+    }
+    return request.param, resources
 
 
 def of_type(resources, kind):
-    return {k: v for k, v in resources.items() if v["Type"] == kind}
+    return [v for v in resources.values() if v["Type"] == kind]
 
 
-def test_the_function_is_an_arm64_al2023_custom_runtime(resources):
-    (function,) = of_type(resources, "AWS::Lambda::Function").values()
+def test_the_function_is_an_arm64_al2023_custom_runtime(deployed):
+    _, resources = deployed
+    (function,) = of_type(resources, "AWS::Lambda::Function")
     props = function["Properties"]
     assert props["Runtime"] == "provided.al2023"
     assert props["Architectures"] == ["arm64"]
@@ -47,48 +92,72 @@ def test_the_function_is_an_arm64_al2023_custom_runtime(resources):
     assert props["Timeout"] >= 120
 
 
-def test_the_template_sets_every_variable_the_config_reads(resources):
-    (function,) = of_type(resources, "AWS::Lambda::Function").values()
+def test_the_template_sets_every_variable_the_config_reads(deployed):
+    _, resources = deployed
+    (function,) = of_type(resources, "AWS::Lambda::Function")
     variables = set(function["Properties"]["Environment"]["Variables"])
     read = set(re.findall(r'pub const \w+: &str = "([A-Z_]+)";', (ROOT / "src" / "config.rs").read_text()))
     assert read, "config.rs names its variables as constants"
     assert read <= variables, f"template.yaml does not set {read - variables}"
 
 
-def test_the_role_may_read_the_key_secret_and_nothing_else(resources):
-    (role,) = of_type(resources, "AWS::IAM::Role").values()
+def test_each_mode_has_exactly_one_checker(deployed):
+    mode, resources = deployed
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    env = function["Properties"]["Environment"]["Variables"]
+    (url,) = of_type(resources, "AWS::Lambda::Url")
+    (route,) = of_type(resources, "AWS::ApiGatewayV2::Route")
+    (method,) = of_type(resources, "AWS::ApiGateway::Method")
+    doors = {url["Properties"]["AuthType"], route["Properties"]["AuthorizationType"], method["Properties"]["AuthorizationType"]}
+    if mode == "client-keys":
+        assert env["AUTH_MODE"] == "client-keys" and env["CLIENT_API_KEYS_SECRET_ID"] == CLIENT_KEYS_ARN
+        assert doors == {"NONE"}
+        public = [p["Properties"] for p in of_type(resources, "AWS::Lambda::Permission") if p["Properties"]["Principal"] == "*"]
+        assert {p["Action"] for p in public} == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
+    else:
+        assert env["AUTH_MODE"] == "none" and env["CLIENT_API_KEYS_SECRET_ID"] == ""
+        assert doors == {"AWS_IAM"}
+        assert not [p for p in of_type(resources, "AWS::Lambda::Permission") if p["Properties"]["Principal"] == "*"]
+
+
+def test_the_role_may_read_the_connector_secrets_and_nothing_else(deployed):
+    mode, resources = deployed
+    (role,) = of_type(resources, "AWS::IAM::Role")
     statements = [s for p in role["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
     secret_statements = [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
-    assert secret_statements, "no Secrets Manager permission"
-    for statement in secret_statements:
-        assert statement["Action"] == "secretsmanager:GetSecretValue"
-        assert "*" not in json.dumps(statement["Resource"]), statement["Resource"]
+    assert len(secret_statements) == 1
+    (statement,) = secret_statements
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    expected = [SECRET_ARN, CLIENT_KEYS_ARN] if mode == "client-keys" else [SECRET_ARN]
+    assert statement["Resource"] == expected
 
 
-def test_all_three_front_doors_reach_the_function(resources):
-    assert of_type(resources, "AWS::Lambda::Url"), "no Function URL"
-    rest = of_type(resources, "AWS::ApiGateway::RestApi")
-    http = of_type(resources, "AWS::ApiGatewayV2::Api")
-    assert rest and http
-    (rest_api,) = rest.values()
-    assert "/{proxy+}" in rest_api["Properties"]["Body"]["paths"]
-    (http_api,) = http.values()
-    assert "/{proxy+}" in http_api["Properties"]["Body"]["paths"]
+def test_every_front_door_reaches_the_function(deployed):
+    _, resources = deployed
+    assert of_type(resources, "AWS::Lambda::Url")
+    (integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
+    assert integration["Properties"]["IntegrationType"] == "AWS_PROXY"
+    assert integration["Properties"]["PayloadFormatVersion"] == "2.0"
+    (route,) = of_type(resources, "AWS::ApiGatewayV2::Route")
+    assert route["Properties"]["RouteKey"] == "$default"
+    (proxy,) = of_type(resources, "AWS::ApiGateway::Resource")
+    assert proxy["Properties"]["PathPart"] == "{proxy+}"
+    (method,) = of_type(resources, "AWS::ApiGateway::Method")
+    assert method["Properties"]["HttpMethod"] == "ANY"
+    assert method["Properties"]["Integration"]["Type"] == "AWS_PROXY"
+    invokers = {p["Properties"]["Principal"] for p in of_type(resources, "AWS::Lambda::Permission")}
+    assert "apigateway.amazonaws.com" in invokers
 
 
-def test_every_front_door_requires_signed_requests(resources):
-    (url,) = of_type(resources, "AWS::Lambda::Url").values()
-    assert url["Properties"]["AuthType"] == "AWS_IAM"
-    (rest_api,) = of_type(resources, "AWS::ApiGateway::RestApi").values()
-    for method in rest_api["Properties"]["Body"]["paths"]["/{proxy+}"].values():
-        assert method.get("security") == [{"AWS_IAM": []}], method
-    (http_api,) = of_type(resources, "AWS::ApiGatewayV2::Api").values()
-    for method in http_api["Properties"]["Body"]["paths"]["/{proxy+}"].values():
-        assert method.get("security") == [{"AWS_IAM": []}], method
+def test_client_keys_mode_cannot_deploy_without_its_secret(expanded):
+    (rule,) = expanded["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "CallerAuth"}, "client-keys"]}
+    assert "ClientApiKeysSecretArn" in json.dumps(rule["Assertions"])
 
 
-def test_logs_are_json_with_a_retention(resources):
-    (function,) = of_type(resources, "AWS::Lambda::Function").values()
+def test_logs_are_json_with_a_retention(deployed):
+    _, resources = deployed
+    (function,) = of_type(resources, "AWS::Lambda::Function")
     assert function["Properties"]["LoggingConfig"]["LogFormat"] == "JSON"
-    (group,) = of_type(resources, "AWS::Logs::LogGroup").values()
+    (group,) = of_type(resources, "AWS::Logs::LogGroup")
     assert group["Properties"]["RetentionInDays"]

@@ -1,0 +1,279 @@
+//! Who may spend the Azure key: the connector's own client keys, kept as a
+//! Secrets Manager secret and checked on every generation and model-list request.
+
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, INVALID_REQUEST, printable};
+use crate::secrets::SecretError;
+
+/// The client keys in force: each kept only as its SHA-256.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClientKeys(Vec<ClientKey>);
+
+#[derive(PartialEq, Eq)]
+struct ClientKey {
+    sha256: [u8; 32],
+    name: Option<String>,
+    /// `None`: every model.
+    models: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A caller whose key matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's `name`, for logs. Never the key.
+    pub name: Option<String>,
+    models: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Anyone, when the connector does not check keys (`AUTH_MODE=none`).
+    pub fn unchecked() -> Self {
+        Self {
+            name: None,
+            models: None,
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+
+    /// 403 for a model outside the key's list: names the model, not the key.
+    pub fn check(&self, model: &str, param: &'static str) -> Result<(), ApiError> {
+        if self.may_use(model) {
+            return Ok(());
+        }
+        Err(ApiError {
+            param: Some(param.into()),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                format!("Your API key is not allowed to use the model `{}`.", printable(model)),
+            )
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawKey {
+    Plain(String),
+    Entry {
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        sha256: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        models: Option<Vec<String>>,
+    },
+}
+
+impl ClientKeys {
+    /// Reads the secret: a JSON list whose items are a key, `"sha256:<hex>"`,
+    /// or `{"key" | "sha256": …, "name": …, "models": [...]}`.
+    pub fn from_secret_value(value: &str) -> Result<Self, SecretError> {
+        const SHAPE: &str = "the client keys secret must be a JSON list of keys, \"sha256:<hex>\" strings or {\"key\"|\"sha256\", \"name\", \"models\"} objects";
+        let items: Vec<RawKey> = serde_json::from_str(value).map_err(|_| SecretError::Invalid(SHAPE))?;
+        let keys = items
+            .into_iter()
+            .map(|item| match item {
+                RawKey::Plain(text) => Ok(ClientKey {
+                    sha256: digest_of(&text)?,
+                    name: None,
+                    models: None,
+                }),
+                RawKey::Entry {
+                    key,
+                    sha256,
+                    name,
+                    models,
+                } => {
+                    let sha256 = match (key, sha256) {
+                        (Some(key), None) => plain_digest(&key)?,
+                        (None, Some(hex)) => hex_digest(&hex)?,
+                        _ => return Err(SecretError::Invalid(SHAPE)),
+                    };
+                    Ok(ClientKey { sha256, name, models })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(keys))
+    }
+
+    /// The caller presenting a key in `Authorization: Bearer` (OpenAI SDKs) or
+    /// `api-key` (Azure SDKs). Every configured key is compared, in constant
+    /// time over hashes, so timing tells nothing about which came close.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let presented = presented_key(headers).ok_or_else(|| {
+            invalid_key(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in the `api-key` header.",
+            )
+        })?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found: Option<&ClientKey> = None;
+        for key in &self.0 {
+            if constant_time_eq(&key.sha256, &digest) && found.is_none() {
+                found = Some(key);
+            }
+        }
+        let key = found.ok_or_else(|| invalid_key("Incorrect API key provided."))?;
+        Ok(Caller {
+            name: key.name.clone(),
+            models: key.models.clone(),
+        })
+    }
+}
+
+/// 401 before any key is known, for deployments without a client keys secret.
+pub fn no_keys_configured() -> ApiError {
+    invalid_key("Incorrect API key provided. This connector has no client keys configured (CLIENT_API_KEYS_SECRET_ID).")
+}
+
+fn invalid_key(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, INVALID_REQUEST, "invalid_api_key", message)
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    bearer
+        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim))
+        .filter(|k| !k.is_empty())
+}
+
+fn digest_of(text: &str) -> Result<[u8; 32], SecretError> {
+    match text.strip_prefix("sha256:") {
+        Some(hex) => hex_digest(hex),
+        None => plain_digest(text),
+    }
+}
+
+fn plain_digest(key: &str) -> Result<[u8; 32], SecretError> {
+    if key.trim().is_empty() {
+        return Err(SecretError::Invalid("a client key is empty"));
+    }
+    Ok(Sha256::digest(key.trim().as_bytes()).into())
+}
+
+fn hex_digest(hex: &str) -> Result<[u8; 32], SecretError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex.trim(), &mut out)
+        .map_err(|_| SecretError::Invalid("a client key sha256 is not 64 hex digits"))?;
+    Ok(out)
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, v.parse().expect("header"));
+        }
+        map
+    }
+
+    fn sha(key: &str) -> String {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+
+    #[test]
+    fn every_item_form_is_read() {
+        let secret = format!(
+            r#"["plain-key", "sha256:{}", {{"key": "team-key", "name": "team-a", "models": ["azure-image"]}}, {{"sha256": "{}", "name": "team-b"}}]"#,
+            sha("hashed-key"),
+            sha("team-b-key")
+        );
+        let keys = ClientKeys::from_secret_value(&secret).expect("valid");
+        let bearer = |k: &str| keys.authenticate(&headers(&[("authorization", &format!("Bearer {k}"))]));
+        assert_eq!(bearer("plain-key").expect("plain").name, None);
+        assert!(bearer("hashed-key").is_ok());
+        let team_a = bearer("team-key").expect("team a");
+        assert_eq!(team_a.name.as_deref(), Some("team-a"));
+        assert!(team_a.may_use("azure-image") && !team_a.may_use("dall-e-3"));
+        assert_eq!(bearer("team-b-key").expect("team b").name.as_deref(), Some("team-b"));
+    }
+
+    #[test]
+    fn azure_sdks_send_the_key_as_api_key() {
+        let keys = ClientKeys::from_secret_value(r#"["k1"]"#).expect("valid");
+        assert!(keys.authenticate(&headers(&[("api-key", "k1")])).is_ok());
+    }
+
+    #[test]
+    fn missing_and_wrong_keys_are_401_invalid_api_key() {
+        let keys = ClientKeys::from_secret_value(r#"["k1"]"#).expect("valid");
+        for h in [
+            headers(&[]),
+            headers(&[("authorization", "Bearer k2")]),
+            headers(&[("authorization", "Basic k1")]),
+            headers(&[("api-key", " ")]),
+        ] {
+            let err = keys.authenticate(&h).expect_err("refused");
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(err.code.as_deref(), Some("invalid_api_key"));
+        }
+    }
+
+    #[test]
+    fn a_restricted_key_gets_403_naming_the_model() {
+        let keys =
+            ClientKeys::from_secret_value(r#"[{"key":"k1","name":"team-a","models":["azure-image"]}]"#).expect("valid");
+        let caller = keys
+            .authenticate(&headers(&[("authorization", "Bearer k1")]))
+            .expect("known");
+        let err = caller.check("dall-e-3", "model").expect_err("restricted");
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+        assert!(err.message.contains("dall-e-3") && !err.message.contains("k1"));
+    }
+
+    #[test]
+    fn malformed_secrets_are_refused() {
+        for bad in [
+            "",
+            "k1",
+            "{}",
+            r#"[1]"#,
+            r#"["sha256:zz"]"#,
+            r#"[{"name":"x"}]"#,
+            r#"[{"key":"a","sha256":"b"}]"#,
+            r#"[""]"#,
+        ] {
+            assert!(ClientKeys::from_secret_value(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let keys = ClientKeys::from_secret_value(r#"[{"key":"very-secret","name":"n"}]"#).expect("valid");
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("very-secret") && !shown.contains(&sha("very-secret")[..16]));
+    }
+}
