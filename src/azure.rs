@@ -1,12 +1,73 @@
-//! The upstream client: one POST to a configured Azure deployment.
+//! The upstream client: POSTs to a configured Azure deployment, with retries
+//! bounded by the Lambda deadline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::config::ModelEntry;
-use crate::response::{UpstreamError, UpstreamResponse};
-use crate::secrets::ApiKey;
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::config::{ModelEntry, RetrySettings};
+use crate::response::{ImagesResponse, UpstreamError, UpstreamFailure, UpstreamResponse, images_response};
+use crate::secrets::{ApiKey, SecretCache};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time kept back from the Lambda deadline to send the answer.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+/// A retry or a fallback starts only with at least this much time left for it.
+pub const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+/// One attempt's bound when neither a deadline nor `UPSTREAM_TIMEOUT_SECONDS` sets one.
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The time a request may spend upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// The Lambda deadline; `None` when unknown (the local server, cargo lambda watch).
+    pub deadline: Option<Instant>,
+    pub retry: RetrySettings,
+}
+
+impl Budget {
+    /// The bound for an attempt started now, or `None` when it could not finish
+    /// before the deadline. The request's first attempt takes whatever is left;
+    /// a retry or a fallback needs at least `MIN_ATTEMPT`.
+    pub fn attempt(&self, first: bool) -> Option<Duration> {
+        let cap = self.retry.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+        let Some(deadline) = self.deadline else {
+            return Some(cap);
+        };
+        let left = deadline
+            .checked_duration_since(Instant::now())?
+            .checked_sub(DEADLINE_MARGIN)?;
+        let needed = if first { Duration::from_millis(1) } else { MIN_ATTEMPT };
+        (left >= needed).then(|| left.min(cap))
+    }
+
+    /// Whether a wait of `wait` still leaves time for another attempt.
+    pub fn can_wait(&self, wait: Duration) -> bool {
+        self.deadline
+            .is_none_or(|deadline| Instant::now() + wait + MIN_ATTEMPT + DEADLINE_MARGIN <= deadline)
+    }
+}
+
+/// Exponential backoff with jitter: between half and all of 0.5 s, 1 s, 2 s,
+/// 4 s, 8 s for retries 0, 1, 2, …, so clients retrying together spread out.
+pub fn backoff(retry: u32) -> Duration {
+    let ceiling = Duration::from_millis(500).saturating_mul(1 << retry.min(4));
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// One upstream attempt, for the error message and the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub model: String,
+    /// Azure's status; `None` when no answer came.
+    pub status: Option<u16>,
+    /// What became of it: `ok`, or the error code the client would see.
+    pub outcome: String,
+    pub ms: u64,
+    /// How long the connector waited before it.
+    pub waited_ms: u64,
+}
 
 /// The HTTP client for Azure, built once per execution environment.
 #[derive(Clone)]
@@ -32,7 +93,7 @@ impl AzureClient {
         &self,
         entry: &ModelEntry,
         key: &ApiKey,
-        body: Vec<u8>,
+        body: Bytes,
         timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let attempt = async {
@@ -57,6 +118,81 @@ impl AzureClient {
     }
 }
 
+impl AzureClient {
+    /// Generates on one model: retries 429, 408, 5xx, timeouts and connection
+    /// errors up to `max_retries` times, waiting as Azure says or with backoff,
+    /// and fetches the key again once after a 401 (rotation). Never starts a
+    /// wait or an attempt that cannot finish before the deadline: it answers
+    /// with the last failure instead.
+    pub async fn generate_with_retries(
+        &self,
+        entry: &ModelEntry,
+        keys: &SecretCache<ApiKey>,
+        body: Bytes,
+        budget: Budget,
+        attempts: &mut Vec<AttemptRecord>,
+    ) -> Result<ImagesResponse, UpstreamFailure> {
+        let mut key = keys
+            .get(&entry.secret_id)
+            .await
+            .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
+        let mut retries = 0;
+        let mut rotated = false;
+        let mut waited = Duration::ZERO;
+        let mut last: Option<UpstreamFailure> = None;
+        loop {
+            let Some(timeout) = budget.attempt(attempts.is_empty()) else {
+                return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into()));
+            };
+            let started = Instant::now();
+            let result = self.generate(entry, &key, body.clone(), timeout).await;
+            let mut record = AttemptRecord {
+                model: entry.name.clone(),
+                status: result.as_ref().ok().map(|r| r.status.as_u16()),
+                outcome: "ok".into(),
+                ms: started.elapsed().as_millis() as u64,
+                waited_ms: waited.as_millis() as u64,
+            };
+            let failure = match result {
+                Ok(response) if response.status == StatusCode::UNAUTHORIZED && !rotated => {
+                    rotated = true;
+                    record.outcome = "key_rejected".into();
+                    attempts.push(record);
+                    tracing::warn!(model = %entry.name, "Azure refused the cached key; fetching it again");
+                    key = keys
+                        .refresh(&entry.secret_id, &key)
+                        .await
+                        .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
+                    waited = Duration::ZERO;
+                    continue;
+                }
+                Ok(response) if response.status.is_success() => match images_response(&response.body) {
+                    Ok(shaped) => {
+                        attempts.push(record);
+                        return Ok(shaped);
+                    }
+                    Err(error) => UpstreamFailure::fatal(error),
+                },
+                Ok(response) => UpstreamFailure::from_response(&response, entry),
+                Err(err) => UpstreamFailure::from(err),
+            };
+            record.outcome = failure.error.code.as_deref().unwrap_or("error").to_owned();
+            attempts.push(record);
+            if !failure.retryable || retries >= budget.retry.max_retries {
+                return Err(failure);
+            }
+            let wait = failure.wait.unwrap_or_else(|| backoff(retries));
+            if !budget.can_wait(wait) {
+                return Err(failure);
+            }
+            tokio::time::sleep(wait).await;
+            waited = wait;
+            retries += 1;
+            last = Some(failure);
+        }
+    }
+}
+
 fn classify(err: reqwest::Error) -> UpstreamError {
     if err.is_timeout() {
         UpstreamError::Timeout
@@ -64,5 +200,54 @@ fn classify(err: reqwest::Error) -> UpstreamError {
         UpstreamError::Connect
     } else {
         UpstreamError::Transport
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(deadline_in: Option<Duration>, attempt_timeout: Option<Duration>) -> Budget {
+        Budget {
+            deadline: deadline_in.map(|d| Instant::now() + d),
+            retry: RetrySettings {
+                max_retries: 2,
+                attempt_timeout,
+            },
+        }
+    }
+
+    #[test]
+    fn without_a_deadline_an_attempt_gets_the_configured_bound() {
+        assert_eq!(budget(None, None).attempt(false), Some(DEFAULT_ATTEMPT_TIMEOUT));
+        assert_eq!(
+            budget(None, Some(Duration::from_secs(40))).attempt(true),
+            Some(Duration::from_secs(40))
+        );
+        assert!(budget(None, None).can_wait(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn the_deadline_bounds_attempts_and_waits() {
+        let b = budget(Some(Duration::from_secs(30)), None);
+        let first = b.attempt(true).expect("time for one");
+        assert!(first <= Duration::from_secs(30) - DEADLINE_MARGIN && first > Duration::from_secs(27));
+        assert!(b.can_wait(Duration::from_secs(10)));
+        assert!(!b.can_wait(Duration::from_secs(28)));
+        let short = budget(Some(Duration::from_millis(2500)), None);
+        assert!(short.attempt(true).is_some(), "a first attempt takes what is left");
+        assert!(short.attempt(false).is_none(), "a retry needs MIN_ATTEMPT");
+        assert!(budget(Some(Duration::from_millis(1000)), None).attempt(true).is_none());
+        let capped = budget(Some(Duration::from_secs(300)), Some(Duration::from_secs(20)));
+        assert_eq!(capped.attempt(true), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for retry in 0..8 {
+            let ceiling = Duration::from_millis(500) * (1 << retry.min(4));
+            let wait = backoff(retry);
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "{retry}: {wait:?}");
+        }
     }
 }

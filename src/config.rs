@@ -16,8 +16,11 @@ pub const AZURE_API_KEY_SECRET_ID: &str = "AZURE_API_KEY_SECRET_ID";
 pub const SECRET_CACHE_TTL_SECONDS: &str = "SECRET_CACHE_TTL_SECONDS";
 pub const CLIENT_API_KEYS_SECRET_ID: &str = "CLIENT_API_KEYS_SECRET_ID";
 pub const AUTH_MODE: &str = "AUTH_MODE";
+pub const MAX_RETRIES: &str = "MAX_RETRIES";
+pub const UPSTREAM_TIMEOUT_SECONDS: &str = "UPSTREAM_TIMEOUT_SECONDS";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_RETRIES: u32 = 2;
 
 /// The connector's settings.
 #[derive(Debug, Clone)]
@@ -26,6 +29,16 @@ pub struct Config {
     pub models: Vec<ModelEntry>,
     pub secret_ttl: Duration,
     pub auth: AuthMode,
+    pub retry: RetrySettings,
+}
+
+/// How hard the connector tries one model before it gives up on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Retries after the first attempt, for 429, 5xx, timeouts and connection errors.
+    pub max_retries: u32,
+    /// The bound on one attempt; `None`: what the Lambda deadline allows.
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// Who checks callers.
@@ -53,6 +66,8 @@ pub struct ModelEntry {
     pub generations_url: Url,
     pub secret_id: String,
     pub spec: &'static ModelSpec,
+    /// Configured names to try, in order, when this model fails with a retryable error.
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +102,8 @@ struct RawEntry {
     api_version: String,
     #[serde(rename = "apiKeySecretId", default)]
     api_key_secret_id: Option<String>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
 }
 
 impl Config {
@@ -100,14 +117,11 @@ impl Config {
         let default_secret = lookup(AZURE_API_KEY_SECRET_ID)
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
-        let secret_ttl = match lookup(SECRET_CACHE_TTL_SECONDS) {
-            None => DEFAULT_SECRET_TTL,
-            Some(raw) => raw.trim().parse::<u64>().map(Duration::from_secs).map_err(|_| {
-                problem(
-                    SECRET_CACHE_TTL_SECONDS,
-                    format!("`{raw}` is not a whole number of seconds"),
-                )
-            })?,
+        let secret_ttl = whole_number(&lookup, SECRET_CACHE_TTL_SECONDS, 0..=u64::MAX)?
+            .map_or(DEFAULT_SECRET_TTL, Duration::from_secs);
+        let retry = RetrySettings {
+            max_retries: whole_number(&lookup, MAX_RETRIES, 0..=10)?.map_or(DEFAULT_MAX_RETRIES, |n| n as u32),
+            attempt_timeout: whole_number(&lookup, UPSTREAM_TIMEOUT_SECONDS, 1..=900)?.map(Duration::from_secs),
         };
         let client_keys = lookup(CLIENT_API_KEYS_SECRET_ID)
             .map(|s| s.trim().to_owned())
@@ -143,10 +157,21 @@ impl Config {
             }
             models.push(entry);
         }
+        for (i, entry) in models.iter().enumerate() {
+            for fallback in &entry.fallbacks {
+                if fallback == &entry.name || !names.contains(fallback) {
+                    return Err(problem(
+                        IMAGE_MODELS,
+                        format!("entry {i}: fallback `{fallback}` is not another configured name"),
+                    ));
+                }
+            }
+        }
         Ok(Self {
             models,
             secret_ttl,
             auth,
+            retry,
         })
     }
 
@@ -165,13 +190,27 @@ impl Config {
             .find(|m| m.name == id)
             .or_else(|| self.models.iter().find(|m| m.deployment == id))
     }
+}
 
-    /// Every secret id the configuration reads, for the IAM policy and for logs.
-    pub fn secret_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self.models.iter().map(|m| m.secret_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+/// An optional whole-number variable within `range`.
+fn whole_number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(raw) = lookup(variable).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(problem(
+            variable,
+            format!(
+                "`{raw}` is not a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )),
     }
 }
 
@@ -216,6 +255,7 @@ impl ModelEntry {
             generations_url,
             secret_id,
             spec,
+            fallbacks: raw.fallbacks,
         })
     }
 }
@@ -326,6 +366,53 @@ mod tests {
         assert!(config(&[(IMAGE_MODELS, &dup), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
         let typo = ONE.replace("apiVersion", "api_version");
         assert!(config(&[(IMAGE_MODELS, &typo), (AZURE_API_KEY_SECRET_ID, "k")]).is_err());
+    }
+
+    #[test]
+    fn retry_settings_have_defaults_and_bounds() {
+        let base = [(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")];
+        let cfg = config(&base).expect("valid");
+        assert_eq!(
+            cfg.retry,
+            RetrySettings {
+                max_retries: 2,
+                attempt_timeout: None
+            }
+        );
+        let cfg = config(&[base[0], base[1], (MAX_RETRIES, "0"), (UPSTREAM_TIMEOUT_SECONDS, "45")]).expect("valid");
+        assert_eq!(
+            cfg.retry,
+            RetrySettings {
+                max_retries: 0,
+                attempt_timeout: Some(Duration::from_secs(45))
+            }
+        );
+        for (var, bad) in [
+            (MAX_RETRIES, "11"),
+            (MAX_RETRIES, "-1"),
+            (UPSTREAM_TIMEOUT_SECONDS, "0"),
+            (UPSTREAM_TIMEOUT_SECONDS, "1.5"),
+        ] {
+            assert_eq!(config(&[base[0], base[1], (var, bad)]).expect_err(bad).variable, var);
+        }
+    }
+
+    #[test]
+    fn entry_fallbacks_must_name_other_configured_models() {
+        let two = |fallback: &str| {
+            format!(
+                r#"[{{"name":"a","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/a","apiVersion":"v","fallbacks":["{fallback}"]}},
+                    {{"name":"b","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/b","apiVersion":"v"}}]"#
+            )
+        };
+        let cfg = config(&[(IMAGE_MODELS, &two("b")), (AZURE_API_KEY_SECRET_ID, "k")]).expect("valid");
+        assert_eq!(cfg.models[0].fallbacks, ["b"]);
+        for bad in ["a", "c"] {
+            assert!(
+                config(&[(IMAGE_MODELS, &two(bad)), (AZURE_API_KEY_SECRET_ID, "k")]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

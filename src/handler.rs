@@ -2,28 +2,21 @@
 //! out. Front-door adapters (`lambda`, `local`) turn their requests into
 //! [`Incoming`] and the answer back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Method, Response, StatusCode};
-
-use std::sync::Arc;
+use http::{HeaderMap, Method, Response};
 
 use crate::auth::{Caller, ClientKeys, no_keys_configured};
-use crate::azure::AzureClient;
+use crate::azure::{AttemptRecord, AzureClient};
 use crate::config::{AuthMode, Config, ModelEntry};
-use crate::error::{ApiError, ErrorContext, INVALID_REQUEST, SERVER_ERROR};
-use crate::request::ImageRequest;
-use crate::response::{UpstreamError, images_response, upstream_error, upstream_unavailable};
-use crate::secrets::{ApiKey, SecretCache, SecretError, SecretSource};
+use crate::error::{ApiError, ErrorContext};
+use crate::secrets::{ApiKey, SecretCache, SecretSource};
 
 /// Bodies above this are refused before parsing.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Time kept back from the Lambda deadline to send the answer.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
-/// One upstream attempt's bound when no deadline is known (the local server).
-const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A request as every front door delivers it.
 #[derive(Debug)]
@@ -41,9 +34,9 @@ pub struct Incoming {
 /// What lives for the whole execution environment: built once, shared by every request.
 pub struct App {
     pub config: Config,
-    azure_keys: SecretCache<ApiKey>,
+    pub(crate) azure_keys: SecretCache<ApiKey>,
     client_keys: SecretCache<ClientKeys>,
-    azure: AzureClient,
+    pub(crate) azure: AzureClient,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
 }
@@ -83,18 +76,19 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
 
 /// What one request's log line says. Never the prompt, never a key.
 #[derive(Default)]
-struct Outcome<'a> {
-    route: &'static str,
-    model_requested: Option<String>,
-    entry: Option<&'a ModelEntry>,
-    n: Option<u32>,
-    prompt_chars: Option<usize>,
+pub(crate) struct Outcome<'a> {
+    pub route: &'static str,
+    pub model_requested: Option<String>,
+    /// The model asked for.
+    pub entry: Option<&'a ModelEntry>,
+    /// The model that answered, when it was a fallback or the primary.
+    pub served: Option<&'a ModelEntry>,
+    pub n: Option<u32>,
+    pub prompt_chars: Option<usize>,
     /// The client key's name.
-    client: Option<String>,
-    upstream_status: Option<u16>,
-    upstream_attempts: u32,
-    upstream_ms: Option<u128>,
-    images: Option<usize>,
+    pub client: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    pub images: Option<usize>,
 }
 
 impl App {
@@ -114,7 +108,7 @@ impl App {
     }
 
     /// The caller behind the request's key, as `AUTH_MODE` says to check it.
-    async fn authenticate(&self, req: &Incoming) -> Result<Caller, ApiError> {
+    pub(crate) async fn authenticate(&self, req: &Incoming) -> Result<Caller, ApiError> {
         match &self.config.auth {
             AuthMode::None => Ok(Caller::unchecked()),
             AuthMode::ClientKeys { secret_id: None } => Err(no_keys_configured()),
@@ -123,7 +117,7 @@ impl App {
                     .client_keys
                     .get(id)
                     .await
-                    .map_err(|e| secret_error(e, "its client keys"))?;
+                    .map_err(|e| e.to_api_error("its client keys"))?;
                 keys.authenticate(&req.headers)
             }
         }
@@ -140,7 +134,7 @@ impl App {
                 } else {
                     "openai_generations"
                 };
-                self.generate(&req, deployment, &mut outcome).await
+                crate::generation::generate(self, &req, deployment, &mut outcome).await
             }
             Route::Models => {
                 outcome.route = "models";
@@ -179,146 +173,6 @@ impl App {
         response
     }
 
-    async fn generate<'a>(
-        &'a self,
-        req: &'a Incoming,
-        deployment: Option<&'a str>,
-        outcome: &mut Outcome<'a>,
-    ) -> Result<Response<Vec<u8>>, Response<Vec<u8>>> {
-        let caller = self
-            .authenticate(req)
-            .await
-            .map_err(|e| self.error_response(&e, outcome))?;
-        outcome.client = caller.name.clone();
-        if req.body.len() > MAX_BODY_BYTES {
-            let err = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                crate::error::INVALID_REQUEST,
-                "request_too_large",
-                format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
-            );
-            return Err(self.error_response(&err, outcome));
-        }
-        check_content_type(&req.headers).map_err(|e| self.error_response(&e, outcome))?;
-        let image_request = ImageRequest::parse(&req.body).map_err(|e| self.error_response(&e, outcome))?;
-        outcome.n = Some(image_request.n);
-        outcome.prompt_chars = Some(image_request.prompt_chars);
-        let entry = match deployment {
-            Some(id) => {
-                outcome.model_requested = Some(id.to_owned());
-                self.config
-                    .model_by_deployment(id)
-                    .ok_or_else(|| ApiError::model_not_found(id, "deployment-id"))
-            }
-            None => {
-                outcome.model_requested = req_model(&image_request, &self.config).map(str::to_owned);
-                let name = image_request.model.as_deref();
-                self.config
-                    .model_by_name(name)
-                    .ok_or_else(|| ApiError::model_not_found(name.unwrap_or_default(), "model"))
-            }
-        }
-        .map_err(|e| self.error_response(&e, outcome))?;
-        outcome.entry = Some(entry);
-        let model_param = if deployment.is_some() { "deployment-id" } else { "model" };
-        self.check(&image_request, entry, &caller, model_param)
-            .map_err(|e| self.error_response(&e, outcome))?;
-
-        let body = image_request.upstream_body(entry);
-        match self.call_azure(entry, body, req.deadline, outcome).await {
-            Ok(shaped) => {
-                outcome.images = Some(shaped.images);
-                Ok(ok_json(shaped.body))
-            }
-            Err(err) => Err(self.error_response(&err, outcome)),
-        }
-    }
-
-    /// The checks of the entry's model, and that fallbacks name configured models.
-    /// The caller may use the model (and its fallbacks), the request passes the
-    /// checks of the entry's model, and fallbacks name configured models.
-    fn check(
-        &self,
-        image_request: &ImageRequest,
-        entry: &ModelEntry,
-        caller: &Caller,
-        model_param: &'static str,
-    ) -> Result<(), ApiError> {
-        caller.check(&entry.name, model_param)?;
-        image_request.validate_for(entry.spec)?;
-        if let Some(unknown) = image_request
-            .fallbacks
-            .iter()
-            .find(|f| self.config.model_by_name(Some(f)).is_none())
-        {
-            return Err(ApiError::invalid_param(
-                "fallbacks",
-                "model_not_found",
-                format!(
-                    "Invalid 'fallbacks': the model `{}` is not configured.",
-                    crate::error::printable(unknown)
-                ),
-            ));
-        }
-        for fallback in &image_request.fallbacks {
-            caller.check(fallback, "fallbacks")?;
-        }
-        Ok(())
-    }
-
-    /// One generation on Azure; on a 401 the key is fetched again and the call
-    /// made once more, for a key rotated since it was cached.
-    async fn call_azure(
-        &self,
-        entry: &ModelEntry,
-        body: Vec<u8>,
-        deadline: Option<Instant>,
-        outcome: &mut Outcome<'_>,
-    ) -> Result<crate::response::ImagesResponse, ApiError> {
-        let mut key = self
-            .azure_keys
-            .get(&entry.secret_id)
-            .await
-            .map_err(|e| secret_error(e, "its Azure key"))?;
-        let started = Instant::now();
-        let mut rotated = false;
-        let result = loop {
-            let timeout = match deadline {
-                None => DEFAULT_UPSTREAM_TIMEOUT,
-                Some(deadline) => match deadline
-                    .checked_duration_since(Instant::now())
-                    .and_then(|left| left.checked_sub(DEADLINE_MARGIN))
-                {
-                    Some(left) if !left.is_zero() => left,
-                    _ => break Err(upstream_unavailable(UpstreamError::Timeout)),
-                },
-            };
-            outcome.upstream_attempts += 1;
-            let response = match self.azure.generate(entry, &key, body.clone(), timeout).await {
-                Ok(response) => response,
-                Err(err) => break Err(upstream_unavailable(err)),
-            };
-            outcome.upstream_status = Some(response.status.as_u16());
-            if response.status == StatusCode::UNAUTHORIZED && !rotated {
-                rotated = true;
-                tracing::warn!(model = %entry.name, "Azure refused the cached key; fetching it again");
-                key = self
-                    .azure_keys
-                    .refresh(&entry.secret_id, &key)
-                    .await
-                    .map_err(|e| secret_error(e, "its Azure key"))?;
-                continue;
-            }
-            break if response.status.is_success() {
-                images_response(&response.body)
-            } else {
-                Err(upstream_error(&response, entry))
-            };
-        };
-        outcome.upstream_ms = Some(started.elapsed().as_millis());
-        result
-    }
-
     /// The configured models the caller may use.
     fn model_list(&self, caller: &Caller) -> Vec<u8> {
         #[derive(serde::Serialize)]
@@ -351,7 +205,7 @@ impl App {
         serde_json::to_vec(&list).unwrap_or_default()
     }
 
-    fn error_response(&self, err: &ApiError, outcome: &Outcome<'_>) -> Response<Vec<u8>> {
+    pub(crate) fn error_response(&self, err: &ApiError, outcome: &Outcome<'_>) -> Response<Vec<u8>> {
         let request_type = match outcome.route {
             "openai_generations" | "azure_generations" => "image_generation",
             "models" => "list_models",
@@ -380,19 +234,11 @@ impl App {
     }
 }
 
-/// The model a request names, when it names a configured one or none (then the default).
-fn req_model<'a>(image_request: &'a ImageRequest, config: &'a Config) -> Option<&'a str> {
-    match image_request.model.as_deref() {
-        Some(name) => Some(name),
-        None => config.models.first().map(|m| m.name.as_str()),
-    }
-}
-
 /// The error code of a response, for its log line.
 #[derive(Clone)]
 struct ErrorCode(String);
 
-fn ok_json(body: Vec<u8>) -> Response<Vec<u8>> {
+pub(crate) fn ok_json(body: Vec<u8>) -> Response<Vec<u8>> {
     let mut response = Response::new(body);
     response
         .headers_mut()
@@ -400,34 +246,9 @@ fn ok_json(body: Vec<u8>) -> Response<Vec<u8>> {
     response
 }
 
-/// A secret that could not be had: `what` names it for the client, never its id or value.
-fn secret_error(err: SecretError, what: &str) -> ApiError {
-    tracing::error!(error = %err, "could not read {what}");
-    match err {
-        SecretError::Unavailable(_) => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                SERVER_ERROR,
-                "secrets_unavailable",
-                format!("The connector could not read {what} from AWS Secrets Manager. Please retry shortly."),
-            );
-            e.retry_after = Some(Duration::from_secs(1));
-            e
-        }
-        SecretError::Unusable(_) | SecretError::Invalid(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            SERVER_ERROR,
-            "secret_misconfigured",
-            format!(
-                "The connector cannot use {what}. The operator must check the secret and the function's access to it."
-            ),
-        ),
-    }
-}
-
 /// JSON only: `application/json`, or any `+json` type. A missing header is
 /// let through (the body must still parse as JSON).
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(());
     };
@@ -443,8 +264,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::new(
-        StatusCode::BAD_REQUEST,
-        INVALID_REQUEST,
+        http::StatusCode::BAD_REQUEST,
+        crate::error::INVALID_REQUEST,
         "invalid_content_type",
         "The request body must be JSON, sent with `Content-Type: application/json`.",
     ))
@@ -460,15 +281,17 @@ fn log_request(req: &Incoming, outcome: &Outcome<'_>, response: &Response<Vec<u8
         client = outcome.client.as_deref(),
         model_requested = outcome.model_requested.as_deref(),
         model = outcome.entry.map(|e| e.name.as_str()),
-        azure_model = outcome.entry.map(|e| e.model.as_str()),
-        deployment = outcome.entry.map(|e| e.deployment.as_str()),
+        served_model = outcome.served.map(|e| e.name.as_str()),
+        azure_model = outcome.served.or(outcome.entry).map(|e| e.model.as_str()),
+        deployment = outcome.served.or(outcome.entry).map(|e| e.deployment.as_str()),
+        fallback_used = outcome.served.zip(outcome.entry).is_some_and(|(s, e)| s.name != e.name),
         n = outcome.n,
         prompt_chars = outcome.prompt_chars,
         status,
         error_code,
-        upstream_status = outcome.upstream_status,
-        upstream_attempts = outcome.upstream_attempts,
-        upstream_ms = outcome.upstream_ms.map(|v| v as u64),
+        upstream_statuses = ?outcome.attempts.iter().map(|a| a.status.unwrap_or(0)).collect::<Vec<_>>(),
+        upstream_attempts = outcome.attempts.len(),
+        upstream_ms = outcome.attempts.iter().map(|a| a.ms).sum::<u64>(),
         total_ms = elapsed.as_millis() as u64,
         images = outcome.images,
         bytes_out = response.body().len(),

@@ -2,10 +2,11 @@
 //! Azure OpenAI image deployments, with the Azure key in AWS Secrets Manager.
 //!
 //! The data flows through the modules in this order: a front door
-//! ([`lambda`] or [`local`]) → [`handler`] (route) → [`request`] (validate
-//! for the model in [`models`]) → [`secrets`] (the key) → [`azure`] (the
-//! call) → [`response`] (OpenAI format) → out, with [`error`] the one shape
-//! every failure takes.
+//! ([`lambda`] or [`local`]) → [`handler`] (route) → [`auth`] (the caller)
+//! → `generation` (the flow of one request: [`request`] validated for the
+//! model in [`models`], then the model and its fallbacks) → [`secrets`] (the
+//! key) → [`azure`] (the call, with retries) → [`response`] (OpenAI format)
+//! → out, with [`error`] the one shape every failure takes.
 
 pub mod config;
 pub mod error;
@@ -17,6 +18,8 @@ pub mod response;
 pub mod auth;
 #[cfg(feature = "runtime")]
 pub mod azure;
+#[cfg(feature = "runtime")]
+mod generation;
 #[cfg(feature = "runtime")]
 pub mod handler;
 #[cfg(feature = "runtime")]

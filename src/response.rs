@@ -164,6 +164,53 @@ struct AzureError {
     inner_error: Option<Box<RawValue>>,
 }
 
+/// A failed attempt: what the client would see, and what may still help.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    pub error: ApiError,
+    /// Worth another attempt on the same deployment: 429, 408, 5xx, timeouts, connection errors.
+    pub retryable: bool,
+    /// Worth trying a fallback model: retryable failures, and a deployment that does not exist.
+    pub fallback: bool,
+    /// How long Azure asked to wait (`retry-after-ms`, `retry-after`).
+    pub wait: Option<Duration>,
+}
+
+impl UpstreamFailure {
+    /// A failure nothing can help: the request itself, or the operator's setup.
+    pub fn fatal(error: ApiError) -> Self {
+        Self {
+            error,
+            retryable: false,
+            fallback: false,
+            wait: None,
+        }
+    }
+
+    /// An Azure answer other than success.
+    pub fn from_response(response: &UpstreamResponse, entry: &ModelEntry) -> Self {
+        let status = response.status.as_u16();
+        let retryable = matches!(status, 408 | 429 | 500 | 502 | 503 | 504);
+        Self {
+            error: upstream_error(response, entry),
+            retryable,
+            fallback: retryable || status == 404,
+            wait: retry_after(&response.headers),
+        }
+    }
+}
+
+impl From<UpstreamError> for UpstreamFailure {
+    fn from(err: UpstreamError) -> Self {
+        Self {
+            error: upstream_unavailable(err),
+            retryable: true,
+            fallback: true,
+            wait: None,
+        }
+    }
+}
+
 /// The client's view of an Azure failure (WIRE.md, "Errors").
 pub fn upstream_error(response: &UpstreamResponse, entry: &ModelEntry) -> ApiError {
     let status = response.status;
@@ -277,18 +324,24 @@ pub fn upstream_unavailable(err: UpstreamError) -> ApiError {
     }
 }
 
-/// Azure's `retry-after-ms`, else `retry-after` in seconds.
+/// Azure's `retry-after-ms`, else `retry-after` in seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(ms) = header("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e12)
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    header("retry-after")
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let value = header("retry-after")?;
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -428,5 +481,42 @@ mod tests {
             &entry(),
         );
         assert_eq!(err.retry_after, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn retry_after_may_be_an_http_date() {
+        let in_ten = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(10));
+        let wait = retry_after(&upstream(429, "", &[("retry-after", &in_ten)]).headers).expect("a date");
+        assert!(
+            wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        let past = retry_after(&upstream(429, "", &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]).headers);
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&upstream(429, "", &[("retry-after", "soon")]).headers),
+            None
+        );
+    }
+
+    #[test]
+    fn failures_say_whether_a_retry_or_a_fallback_can_help() {
+        let cases = [
+            (429, true, true),
+            (408, true, true),
+            (500, true, true),
+            (503, true, true),
+            (504, true, true),
+            (404, false, true),
+            (400, false, false),
+            (401, false, false),
+            (403, false, false),
+        ];
+        for (status, retryable, fallback) in cases {
+            let failure = UpstreamFailure::from_response(&upstream(status, "{}", &[]), &entry());
+            assert_eq!((failure.retryable, failure.fallback), (retryable, fallback), "{status}");
+        }
+        let failure = UpstreamFailure::from(UpstreamError::Connect);
+        assert!(failure.retryable && failure.fallback);
     }
 }

@@ -226,8 +226,12 @@ impl SecretSource for ScriptedSecrets {
 
 /// The configuration the events and tests use: `azure-image` (gpt-image-1)
 /// first, `dall-e-3` second, both on the stand-in.
+/// No retries unless a test asks for them: mapping tests should not wait on backoff.
 pub fn config_for(fake: &FakeAzure) -> Config {
-    config_with(fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)])
+    config_with(
+        fake,
+        &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "0")],
+    )
 }
 
 /// The test models with other auth settings: `settings` replaces the client keys secret.
@@ -238,6 +242,12 @@ pub fn config_with(fake: &FakeAzure, settings: &[(&str, &str)]) -> Config {
         fake.base_url(GPT_DEPLOYMENT),
         fake.base_url(DALLE_DEPLOYMENT)
     );
+    config_from(&models, settings)
+}
+
+/// A configuration of `models` (IMAGE_MODELS JSON) with `settings`.
+pub fn config_from(models: &str, settings: &[(&str, &str)]) -> Config {
+    let models = models.to_owned();
     Config::from_lookup(|k| match k {
         "IMAGE_MODELS" => Some(models.clone()),
         "AZURE_API_KEY_SECRET_ID" => Some("azure-openai-key".into()),

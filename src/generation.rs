@@ -1,0 +1,193 @@
+//! One image generation, in the order the data takes it: the caller, the body,
+//! the model and its checks, then Azure: the model asked for, and its
+//! fallbacks when it fails in a way another model could help with.
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
+
+use crate::auth::Caller;
+use crate::azure::{AttemptRecord, Budget};
+use crate::config::ModelEntry;
+use crate::error::{ApiError, INVALID_REQUEST, printable};
+use crate::handler::{App, Incoming, MAX_BODY_BYTES, Outcome, check_content_type, ok_json};
+use crate::request::ImageRequest;
+use crate::response::{ImagesResponse, UpstreamError};
+
+type Answer = Result<Response<Vec<u8>>, Response<Vec<u8>>>;
+
+/// `POST /v1/images/generations` (`deployment: None`) and the Azure deployments route.
+pub(crate) async fn generate<'a>(
+    app: &'a App,
+    req: &'a Incoming,
+    deployment: Option<&'a str>,
+    outcome: &mut Outcome<'a>,
+) -> Answer {
+    let refuse = |err: ApiError, outcome: &Outcome<'_>| app.error_response(&err, outcome);
+    let caller = app.authenticate(req).await.map_err(|e| refuse(e, outcome))?;
+    outcome.client = caller.name.clone();
+    if req.body.len() > MAX_BODY_BYTES {
+        let err = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            "request_too_large",
+            format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
+        );
+        return Err(refuse(err, outcome));
+    }
+    check_content_type(&req.headers).map_err(|e| refuse(e, outcome))?;
+    let request = ImageRequest::parse(&req.body).map_err(|e| refuse(e, outcome))?;
+    outcome.n = Some(request.n);
+    outcome.prompt_chars = Some(request.prompt_chars);
+
+    let (entry, model_param) = match deployment {
+        Some(id) => {
+            outcome.model_requested = Some(id.to_owned());
+            let entry = app.config.model_by_deployment(id);
+            (
+                entry.ok_or_else(|| ApiError::model_not_found(id, "deployment-id")),
+                "deployment-id",
+            )
+        }
+        None => {
+            let name = request.model.as_deref();
+            let entry = app.config.model_by_name(name);
+            outcome.model_requested = name.or(entry.map(|e| e.name.as_str())).map(str::to_owned);
+            let missing = || ApiError::model_not_found(name.unwrap_or_default(), "model");
+            (entry.ok_or_else(missing), "model")
+        }
+    };
+    let entry = entry.map_err(|e| refuse(e, outcome))?;
+    outcome.entry = Some(entry);
+    let fallbacks = check(app, &request, entry, &caller, model_param).map_err(|e| refuse(e, outcome))?;
+
+    match run(app, &request, entry, &fallbacks, &caller, req, outcome).await {
+        Ok((shaped, served)) => {
+            outcome.served = Some(served);
+            outcome.images = Some(shaped.images);
+            let mut response = ok_json(shaped.body);
+            if let Ok(name) = HeaderValue::from_str(&served.name) {
+                response.headers_mut().insert("x-served-model", name);
+            }
+            Ok(response)
+        }
+        Err(err) => Err(refuse(err, outcome)),
+    }
+}
+
+/// Everything decidable before Azure is called: the caller may use the model,
+/// the request fits it, and the request's own fallbacks are configured models
+/// the caller may use and that can take the request. Returns the fallbacks to
+/// try, the request's first, then the model's configured ones.
+fn check<'a>(
+    app: &'a App,
+    request: &ImageRequest,
+    entry: &'a ModelEntry,
+    caller: &Caller,
+    model_param: &'static str,
+) -> Result<Vec<&'a ModelEntry>, ApiError> {
+    caller.check(&entry.name, model_param)?;
+    request.validate_for(entry.spec)?;
+    let mut chain: Vec<&ModelEntry> = Vec::new();
+    for name in &request.fallbacks {
+        let fallback = app.config.model_by_name(Some(name)).ok_or_else(|| {
+            ApiError::invalid_param(
+                "fallbacks",
+                "model_not_found",
+                format!(
+                    "Invalid 'fallbacks': the model `{}` is not configured.",
+                    printable(name)
+                ),
+            )
+        })?;
+        caller.check(&fallback.name, "fallbacks")?;
+        request.validate_for(fallback.spec).map_err(|mut err| {
+            err.message = format!("For fallback model `{}`: {}", fallback.name, err.message);
+            err
+        })?;
+        chain.push(fallback);
+    }
+    for name in &entry.fallbacks {
+        if let Some(fallback) = app.config.model_by_name(Some(name)) {
+            chain.push(fallback);
+        }
+    }
+    let mut seen = vec![entry.name.as_str()];
+    chain.retain(|m| {
+        let first = !seen.contains(&m.name.as_str());
+        seen.push(&m.name);
+        first
+    });
+    Ok(chain)
+}
+
+/// The model asked for, then each fallback while the last failure was one a
+/// fallback can help with (retryable after its retries, or a missing
+/// deployment). When all fail, the primary's error, listing the attempts.
+async fn run<'a>(
+    app: &'a App,
+    request: &ImageRequest,
+    primary: &'a ModelEntry,
+    fallbacks: &[&'a ModelEntry],
+    caller: &Caller,
+    req: &Incoming,
+    outcome: &mut Outcome<'a>,
+) -> Result<(ImagesResponse, &'a ModelEntry), ApiError> {
+    let budget = Budget {
+        deadline: req.deadline,
+        retry: app.config.retry,
+    };
+    let mut primary_error: Option<ApiError> = None;
+    let mut skipped: Vec<String> = Vec::new();
+    for (i, entry) in std::iter::once(primary).chain(fallbacks.iter().copied()).enumerate() {
+        if i > 0 {
+            // A model's configured fallbacks were not checked up front: report, never drop, what they cannot take.
+            if !caller.may_use(&entry.name) {
+                skipped.push(format!("{}: not allowed for this key", entry.name));
+                continue;
+            }
+            if let Err(err) = request.validate_for(entry.spec) {
+                skipped.push(format!("{}: {}", entry.name, err.message));
+                continue;
+            }
+            if budget.attempt(false).is_none() {
+                skipped.push(format!("{}: no time left before the deadline", entry.name));
+                break;
+            }
+            tracing::warn!(model = %primary.name, fallback = %entry.name, "trying a fallback model");
+        }
+        let body = Bytes::from(request.upstream_body(entry));
+        let result = app
+            .azure
+            .generate_with_retries(entry, &app.azure_keys, body, budget, &mut outcome.attempts)
+            .await;
+        match result {
+            Ok(shaped) => return Ok((shaped, entry)),
+            Err(failure) => {
+                let go_on = failure.fallback;
+                primary_error.get_or_insert(failure.error);
+                if !go_on {
+                    break;
+                }
+            }
+        }
+    }
+    let mut err = primary_error.unwrap_or_else(|| crate::response::upstream_unavailable(UpstreamError::Timeout));
+    if outcome.attempts.len() > 1 || !skipped.is_empty() {
+        err.message = format!("{} Attempts: {}.", err.message, describe(&outcome.attempts, &skipped));
+    }
+    Err(err)
+}
+
+/// `azure-image: 503 upstream_error; azure-image: 503 upstream_error; dall-e-3: skipped (…)`.
+fn describe(attempts: &[AttemptRecord], skipped: &[String]) -> String {
+    attempts
+        .iter()
+        .map(|a| match a.status {
+            Some(status) => format!("{}: {} {}", a.model, status, a.outcome),
+            None => format!("{}: no answer ({})", a.model, a.outcome),
+        })
+        .chain(skipped.iter().map(|s| format!("skipped {s}")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
