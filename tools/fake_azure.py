@@ -14,6 +14,7 @@ Prompts can ask for a fault, the way tests need them:
   [moderation]      400 moderation_blocked (gpt-image shape)
   [rate-limit]      429 with retry-after
   [server-error]    500 server_error
+  [flaky]           503 with retry-after-ms: 50 the first time a prompt is seen, then success
   [not-json]        200 with a body that is not JSON
 
 Run alone: python fake_azure.py --port 8081 --deployments '{"img":{"model":"gpt-image-1","api_version":"2025-04-01-preview"}}' --key KEY
@@ -76,6 +77,7 @@ class FakeAzure:
         self.violations: list[str] = []
         self.images: dict[str, bytes] = {}
         self.delay = 0.0
+        self.seen_prompts: set[str] = set()
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -208,6 +210,12 @@ class FakeAzure:
                     return self._error(429, {"code": "429", "message": "Requests to the images API have exceeded the rate limit. Please retry after 7 seconds."}, headers={"retry-after": "7"})
                 if "[server-error]" in prompt:
                     return self._error(500, {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": "server_error"})
+                if "[flaky]" in prompt:
+                    with fake.lock:
+                        first = prompt not in fake.seen_prompts
+                        fake.seen_prompts.add(prompt)
+                    if first:
+                        return self._error(503, {"code": "server_error", "message": "The service is temporarily unavailable."}, headers={"retry-after-ms": "50"})
                 if "[not-json]" in prompt:
                     return self._send(200, b"<html>gateway</html>", content_type="text/html")
                 n = body.get("n", 1)

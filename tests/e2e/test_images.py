@@ -197,3 +197,12 @@ def test_secrets_manager_down_is_503_secrets_unavailable(start_connector, log_di
     assert caught.value.code == "secrets_unavailable"
     assert AZURE_KEY not in connector.logs()
     assert "a lighthouse" not in connector.logs(), "prompts are never logged"
+
+
+def test_a_transient_upstream_failure_is_retried_and_served(start_connector, azure):
+    connector = start_connector()  # MAX_RETRIES at its default
+    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    response = client.images.with_raw_response.generate(model="azure-image", prompt="[flaky] a lighthouse")
+    assert response.headers["x-served-model"] == "azure-image"
+    assert len(response.parse().data) == 1
+    assert len(azure.requests) == 2
