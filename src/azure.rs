@@ -67,6 +67,8 @@ pub struct AttemptRecord {
     pub ms: u64,
     /// How long the connector waited before it.
     pub waited_ms: u64,
+    /// Azure's `apim-request-id`, for support cases.
+    pub upstream_request_id: Option<String>,
 }
 
 /// The HTTP client for Azure, built once per execution environment.
@@ -152,6 +154,12 @@ impl AzureClient {
                 outcome: "ok".into(),
                 ms: started.elapsed().as_millis() as u64,
                 waited_ms: waited.as_millis() as u64,
+                upstream_request_id: result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.headers.get("apim-request-id"))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
             };
             let failure = match result {
                 Ok(response) if response.status == StatusCode::UNAUTHORIZED && !rotated => {

@@ -18,9 +18,11 @@ pub const CLIENT_API_KEYS_SECRET_ID: &str = "CLIENT_API_KEYS_SECRET_ID";
 pub const AUTH_MODE: &str = "AUTH_MODE";
 pub const MAX_RETRIES: &str = "MAX_RETRIES";
 pub const UPSTREAM_TIMEOUT_SECONDS: &str = "UPSTREAM_TIMEOUT_SECONDS";
+pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u32 = 2;
+const DEFAULT_METRICS_NAMESPACE: &str = "AzureOpenAIImage";
 
 /// The connector's settings.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct Config {
     pub secret_ttl: Duration,
     pub auth: AuthMode,
     pub retry: RetrySettings,
+    /// The CloudWatch namespace of the EMF metrics.
+    pub metrics_namespace: String,
 }
 
 /// How hard the connector tries one model before it gives up on it.
@@ -123,6 +127,23 @@ impl Config {
             max_retries: whole_number(&lookup, MAX_RETRIES, 0..=10)?.map_or(DEFAULT_MAX_RETRIES, |n| n as u32),
             attempt_timeout: whole_number(&lookup, UPSTREAM_TIMEOUT_SECONDS, 1..=900)?.map(Duration::from_secs),
         };
+        let metrics_namespace = match lookup(METRICS_NAMESPACE).map(|v| v.trim().to_owned()) {
+            None => DEFAULT_METRICS_NAMESPACE.to_owned(),
+            Some(ns)
+                if !ns.is_empty()
+                    && ns.len() <= 255
+                    && !ns.starts_with(':')
+                    && ns.chars().all(|c| c.is_ascii_alphanumeric() || "._-/#:".contains(c)) =>
+            {
+                ns
+            }
+            Some(ns) => {
+                return Err(problem(
+                    METRICS_NAMESPACE,
+                    format!("`{ns}` is not a CloudWatch namespace (1-255 of letters, digits and . _ - / # :)"),
+                ));
+            }
+        };
         let client_keys = lookup(CLIENT_API_KEYS_SECRET_ID)
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
@@ -172,6 +193,7 @@ impl Config {
             secret_ttl,
             auth,
             retry,
+            metrics_namespace,
         })
     }
 

@@ -38,6 +38,9 @@ pub(crate) async fn generate<'a>(
     check_content_type(&req.headers).map_err(|e| refuse(e, outcome))?;
     let request = ImageRequest::parse(&req.body).map_err(|e| refuse(e, outcome))?;
     outcome.n = Some(request.n);
+    outcome.size = request.get_str("size").map(str::to_owned);
+    outcome.quality = request.get_str("quality").map(str::to_owned);
+    outcome.stream = Some(request.stream);
     outcome.prompt_chars = Some(request.prompt_chars);
 
     let (entry, model_param) = match deployment {
@@ -65,6 +68,7 @@ pub(crate) async fn generate<'a>(
         Ok((shaped, served)) => {
             outcome.served = Some(served);
             outcome.images = Some(shaped.images);
+            outcome.usage = shaped.usage;
             let mut response = ok_json(shaped.body);
             if let Ok(name) = HeaderValue::from_str(&served.name) {
                 response.headers_mut().insert("x-served-model", name);

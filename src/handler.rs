@@ -13,6 +13,8 @@ use crate::auth::{Caller, ClientKeys, no_keys_configured};
 use crate::azure::{AttemptRecord, AzureClient};
 use crate::config::{AuthMode, Config, ModelEntry};
 use crate::error::{ApiError, ErrorContext};
+use crate::observe::{MetricsSink, RequestRecord};
+use crate::response::Usage;
 use crate::secrets::{ApiKey, SecretCache, SecretSource};
 
 /// Bodies above this are refused before parsing.
@@ -37,6 +39,7 @@ pub struct App {
     pub(crate) azure_keys: SecretCache<ApiKey>,
     client_keys: SecretCache<ClientKeys>,
     pub(crate) azure: AzureClient,
+    metrics: MetricsSink,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
 }
@@ -84,11 +87,15 @@ pub(crate) struct Outcome<'a> {
     /// The model that answered, when it was a fallback or the primary.
     pub served: Option<&'a ModelEntry>,
     pub n: Option<u32>,
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    pub stream: Option<bool>,
     pub prompt_chars: Option<usize>,
     /// The client key's name.
     pub client: Option<String>,
     pub attempts: Vec<AttemptRecord>,
     pub images: Option<usize>,
+    pub usage: Option<Usage>,
 }
 
 impl App {
@@ -101,10 +108,17 @@ impl App {
         Self {
             azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
             client_keys: SecretCache::new(secrets, ClientKeys::from_secret_value, config.secret_ttl),
+            metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
             config,
             azure,
             started,
         }
+    }
+
+    /// Sends the EMF records somewhere else than stdout (tests).
+    pub fn with_metrics(mut self, metrics: MetricsSink) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The caller behind the request's key, as `AUTH_MODE` says to check it.
@@ -166,10 +180,20 @@ impl App {
         if let Ok(id) = HeaderValue::from_str(&req.request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
+        let upstream_id = outcome
+            .attempts
+            .iter()
+            .rev()
+            .find_map(|a| a.upstream_request_id.as_deref());
+        if let Some(id) = upstream_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            response.headers_mut().insert("x-upstream-request-id", id);
+        }
         if req.method == Method::HEAD {
             response.body_mut().clear();
         }
-        log_request(&req, &outcome, &response, start.elapsed());
+        let record = request_record(&req, &outcome, &response, start.elapsed());
+        record.log();
+        self.metrics.emit(&record);
         response
     }
 
@@ -271,32 +295,38 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-fn log_request(req: &Incoming, outcome: &Outcome<'_>, response: &Response<Vec<u8>>, elapsed: Duration) {
-    let status = response.status().as_u16();
-    let error_code = response.extensions().get::<ErrorCode>().map(|c| c.0.as_str());
-    tracing::info!(
-        request_id = %req.request_id,
-        method = %req.method,
-        route = outcome.route,
-        client = outcome.client.as_deref(),
-        model_requested = outcome.model_requested.as_deref(),
-        model = outcome.entry.map(|e| e.name.as_str()),
-        served_model = outcome.served.map(|e| e.name.as_str()),
-        azure_model = outcome.served.or(outcome.entry).map(|e| e.model.as_str()),
-        deployment = outcome.served.or(outcome.entry).map(|e| e.deployment.as_str()),
-        fallback_used = outcome.served.zip(outcome.entry).is_some_and(|(s, e)| s.name != e.name),
-        n = outcome.n,
-        prompt_chars = outcome.prompt_chars,
-        status,
-        error_code,
-        upstream_statuses = ?outcome.attempts.iter().map(|a| a.status.unwrap_or(0)).collect::<Vec<_>>(),
-        upstream_attempts = outcome.attempts.len(),
-        upstream_ms = outcome.attempts.iter().map(|a| a.ms).sum::<u64>(),
-        total_ms = elapsed.as_millis() as u64,
-        images = outcome.images,
-        bytes_out = response.body().len(),
-        "request"
-    );
+fn request_record<'r>(
+    req: &'r Incoming,
+    outcome: &'r Outcome<'_>,
+    response: &'r Response<Vec<u8>>,
+    elapsed: Duration,
+) -> RequestRecord<'r> {
+    let asked = outcome.entry;
+    let answered = outcome.served.or(asked);
+    RequestRecord {
+        request_id: &req.request_id,
+        method: req.method.as_str(),
+        route: outcome.route,
+        client: outcome.client.as_deref(),
+        model_requested: outcome.model_requested.as_deref(),
+        model: asked.map(|e| e.name.as_str()),
+        served_model: outcome.served.map(|e| e.name.as_str()),
+        azure_model: answered.map(|e| e.model.as_str()),
+        deployment: answered.map(|e| e.deployment.as_str()),
+        fallback_used: outcome.served.zip(asked).is_some_and(|(s, a)| s.name != a.name),
+        n: outcome.n,
+        size: outcome.size.as_deref(),
+        quality: outcome.quality.as_deref(),
+        stream: outcome.stream,
+        prompt_chars: outcome.prompt_chars,
+        status: response.status().as_u16(),
+        error_code: response.extensions().get::<ErrorCode>().map(|c| c.0.as_str()),
+        attempts: &outcome.attempts,
+        total_ms: elapsed.as_millis() as u64,
+        bytes_out: response.body().len(),
+        images: outcome.images,
+        usage: outcome.usage,
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub mod lambda;
 #[cfg(feature = "runtime")]
 pub mod local;
 #[cfg(feature = "runtime")]
+pub mod observe;
+#[cfg(feature = "runtime")]
 pub mod secrets;
 
 pub use config::Config;

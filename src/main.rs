@@ -4,19 +4,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use azure_openai_image::{Config, build_app, lambda, local};
-use tracing_subscriber::EnvFilter;
+use azure_openai_image::{Config, build_app, lambda, local, observe};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_target(false)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    if tracing::subscriber::set_global_default(observe::log_subscriber(std::io::stdout)).is_err() {
+        eprintln!("a log subscriber was already set");
+    }
 
     let listen = match listen_address() {
         Ok(listen) => listen,

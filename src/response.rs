@@ -69,6 +69,28 @@ impl<'a> RawObject<'a> {
 pub struct ImagesResponse {
     pub body: Vec<u8>,
     pub images: usize,
+    pub usage: Option<Usage>,
+}
+
+/// Token usage as gpt-image models report it (`ImagesUsage`); dall-e-3 reports none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub input_tokens_details: UsageDetails,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct UsageDetails {
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub image_tokens: u64,
 }
 
 /// Reshapes Azure's 200 body as OpenAI's `ImagesResponse`: `created` and
@@ -115,9 +137,12 @@ pub fn images_response(body: &[u8]) -> Result<ImagesResponse, ApiError> {
         write_fields(&mut out, rest.into_iter());
     }
     out.push(b'}');
+    // A small object: parsed for the logs, while the body keeps Azure's text.
+    let usage = object.get("usage").and_then(|raw| serde_json::from_str(raw.get()).ok());
     Ok(ImagesResponse {
         body: out,
         images: images.len(),
+        usage,
     })
 }
 
@@ -384,6 +409,12 @@ mod tests {
         assert_eq!(v["data"][0]["content_filter_results"]["hate"]["filtered"], false);
         assert_eq!(v["data"][1]["index"], 1);
         assert_eq!(v["usage"]["input_tokens_details"]["image_tokens"], 40);
+        let usage = shaped.usage.expect("usage");
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
+            (50, 50, 100)
+        );
+        assert_eq!(usage.input_tokens_details.image_tokens, 40);
         assert_eq!(v["size"], "1024x1024");
     }
 

@@ -333,3 +333,29 @@ pub fn openai_error(response: &Response<Vec<u8>>, status: u16) -> serde_json::Va
     assert!(!text.contains("127.0.0.1"), "the upstream URL leaked: {text}");
     error
 }
+
+/// An EMF record checked the way CloudWatch reads it: a `_aws` block with a
+/// timestamp and directives, every metric a directive names with a numeric
+/// value, every dimension with a string value.
+pub fn emf_record(line: &str) -> serde_json::Value {
+    let record: serde_json::Value = serde_json::from_str(line).expect("EMF is JSON");
+    let aws = &record["_aws"];
+    assert!(aws["Timestamp"].is_u64(), "{line}");
+    let directives = aws["CloudWatchMetrics"].as_array().expect("directives");
+    assert!(!directives.is_empty());
+    for directive in directives {
+        assert!(directive["Namespace"].as_str().is_some_and(|ns| !ns.is_empty()));
+        for set in directive["Dimensions"].as_array().expect("dimension sets") {
+            for dimension in set.as_array().expect("dimension set") {
+                let key = dimension.as_str().expect("dimension name");
+                assert!(record[key].is_string(), "dimension {key} has no string value: {line}");
+            }
+        }
+        for metric in directive["Metrics"].as_array().expect("metrics") {
+            let name = metric["Name"].as_str().expect("metric name");
+            assert!(record[name].is_number(), "metric {name} has no value: {line}");
+            assert!(matches!(metric["Unit"].as_str(), Some("Count" | "Milliseconds")));
+        }
+    }
+    record
+}

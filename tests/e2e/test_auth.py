@@ -65,6 +65,23 @@ def test_a_revoked_key_stops_within_the_ttl(start_connector, moto):
         moto.put_secret(CLIENT_KEYS_SECRET, CLIENT_KEYS)
 
 
+def test_each_request_logs_one_json_line_and_one_emf_record(start_connector):
+    connector = start_connector()
+    client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    response = client.images.with_raw_response.generate(model="azure-image", prompt="a fox", n=2)
+    request_id = response.headers["x-request-id"]
+    assert response.headers["x-upstream-request-id"] == "fake-apim-0001"
+    deadline = time.monotonic() + 10
+    while request_id not in connector.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records = [json.loads(line) for line in connector.logs().splitlines() if line.startswith("{") and request_id in line]
+    (log,) = [r for r in records if r.get("message") == "request"]
+    (emf,) = [r for r in records if "_aws" in r]
+    assert log["status"] == 200 and log["images"] == 2 and log["served_model"] == "azure-image"
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "AzureOpenAIImage"
+    assert emf["Model"] == "azure-image" and emf["Images"] == 2 and emf["Requests"] == 1
+
+
 def test_the_log_names_the_key_never_the_key_itself(start_connector):
     connector = start_connector()
     client = openai.OpenAI(base_url=f"{connector.url}/v1", api_key=TEAM_KEY, max_retries=0)
