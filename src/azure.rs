@@ -121,6 +121,29 @@ impl AzureClient {
 }
 
 impl AzureClient {
+    /// POSTs a streamed request and returns once Azure's headers are in: the
+    /// body is read as it arrives. `timeout` bounds the wait for the headers.
+    pub async fn open(
+        &self,
+        entry: &ModelEntry,
+        key: &ApiKey,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let request = self
+            .http
+            .post(entry.generations_url.clone())
+            .header("api-key", key.expose())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "text/event-stream, application/json")
+            .body(body)
+            .send();
+        match tokio::time::timeout(timeout, request).await {
+            Ok(result) => result.map_err(classify),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
     /// Generates on one model: retries 429, 408, 5xx, timeouts and connection
     /// errors up to `max_retries` times, waiting as Azure says or with backoff,
     /// and fetches the key again once after a 401 (rotation). Never starts a

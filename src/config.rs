@@ -19,6 +19,7 @@ pub const AUTH_MODE: &str = "AUTH_MODE";
 pub const MAX_RETRIES: &str = "MAX_RETRIES";
 pub const UPSTREAM_TIMEOUT_SECONDS: &str = "UPSTREAM_TIMEOUT_SECONDS";
 pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
+pub const RESPONSE_MODE: &str = "RESPONSE_MODE";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u32 = 2;
@@ -34,6 +35,19 @@ pub struct Config {
     pub retry: RetrySettings,
     /// The CloudWatch namespace of the EMF metrics.
     pub metrics_namespace: String,
+    pub response_mode: ResponseMode,
+}
+
+/// How the function answers the Lambda Runtime API: streamed (Function URL
+/// with RESPONSE_STREAM, REST API with STREAM: 200 MB, 15 minutes) or
+/// buffered (HTTP API, buffered REST and Function URLs: 6 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// Function URL and REST API invocations stream, HTTP API invocations are
+    /// buffered: the front doors `template.yaml` creates.
+    Auto,
+    Stream,
+    Buffered,
 }
 
 /// How hard the connector tries one model before it gives up on it.
@@ -144,6 +158,17 @@ impl Config {
                 ));
             }
         };
+        let response_mode = match lookup(RESPONSE_MODE).as_deref().map(str::trim) {
+            None | Some("") | Some("auto") => ResponseMode::Auto,
+            Some("stream") => ResponseMode::Stream,
+            Some("buffered") => ResponseMode::Buffered,
+            Some(other) => {
+                return Err(problem(
+                    RESPONSE_MODE,
+                    format!("`{other}` is not `auto`, `stream` or `buffered`"),
+                ));
+            }
+        };
         let client_keys = lookup(CLIENT_API_KEYS_SECRET_ID)
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
@@ -194,6 +219,7 @@ impl Config {
             auth,
             retry,
             metrics_namespace,
+            response_mode,
         })
     }
 

@@ -2,41 +2,98 @@
 //! the model and its checks, then Azure: the model asked for, and its
 //! fallbacks when it fails in a way another model could help with.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
-use http::header::HeaderValue;
 use http::{Response, StatusCode};
 
 use crate::auth::Caller;
 use crate::azure::{AttemptRecord, Budget};
 use crate::config::ModelEntry;
 use crate::error::{ApiError, INVALID_REQUEST, printable};
-use crate::handler::{App, Incoming, MAX_BODY_BYTES, Outcome, check_content_type, ok_json};
+use crate::handler::{App, Incoming, MAX_BODY_BYTES, Outcome, ResponseBody, check_content_type, ok_json};
 use crate::request::ImageRequest;
 use crate::response::{ImagesResponse, UpstreamError};
+use crate::stream::Defaults;
 
-type Answer = Result<Response<Vec<u8>>, Response<Vec<u8>>>;
+/// A request that passed every check, and the models to try for it.
+pub(crate) struct Plan<'a> {
+    pub request: ImageRequest,
+    pub entry: &'a ModelEntry,
+    pub fallbacks: Vec<&'a ModelEntry>,
+    pub caller: Caller,
+}
+
+impl Plan<'_> {
+    /// What a completed event says when the images response does not.
+    pub fn defaults(&self) -> Defaults {
+        let field = |name: &str, default: &str| self.request.get_str(name).unwrap_or(default).to_owned();
+        let gpt = self.entry.spec.always_b64;
+        Defaults {
+            size: field("size", "1024x1024"),
+            quality: field("quality", if gpt { "auto" } else { "standard" }),
+            background: field("background", "opaque"),
+            output_format: field("output_format", "png"),
+        }
+    }
+}
 
 /// `POST /v1/images/generations` (`deployment: None`) and the Azure deployments route.
-pub(crate) async fn generate<'a>(
+pub(crate) async fn generate(
+    app: &Arc<App>,
+    req: &Incoming,
+    deployment: Option<&str>,
+    mut outcome: Outcome,
+) -> Response<ResponseBody> {
+    let plan = match prepare(app, req, deployment, &mut outcome).await {
+        Ok(plan) => plan,
+        Err(err) => return app.finish(app.error_response(&err, &outcome), &outcome, req.response_limit),
+    };
+    if plan.request.stream {
+        return crate::stream::respond(app, plan, req, outcome).await;
+    }
+    let result = run(
+        app,
+        &plan.request,
+        plan.entry,
+        &plan.fallbacks,
+        &plan.caller,
+        req.deadline,
+        &mut outcome,
+    )
+    .await;
+    let response = match result {
+        Ok((shaped, served)) => {
+            outcome.served = Some(served.name.clone());
+            outcome.images = Some(shaped.images);
+            outcome.usage = shaped.usage;
+            ok_json(shaped.body)
+        }
+        Err(err) => app.error_response(&err, &outcome),
+    };
+    app.finish(response, &outcome, req.response_limit)
+}
+
+/// Everything decided before Azure is called.
+async fn prepare<'a>(
     app: &'a App,
-    req: &'a Incoming,
-    deployment: Option<&'a str>,
-    outcome: &mut Outcome<'a>,
-) -> Answer {
-    let refuse = |err: ApiError, outcome: &Outcome<'_>| app.error_response(&err, outcome);
-    let caller = app.authenticate(req).await.map_err(|e| refuse(e, outcome))?;
+    req: &Incoming,
+    deployment: Option<&str>,
+    outcome: &mut Outcome,
+) -> Result<Plan<'a>, ApiError> {
+    let caller = app.authenticate(req).await?;
     outcome.client = caller.name.clone();
     if req.body.len() > MAX_BODY_BYTES {
-        let err = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             INVALID_REQUEST,
             "request_too_large",
             format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
-        );
-        return Err(refuse(err, outcome));
+        ));
     }
-    check_content_type(&req.headers).map_err(|e| refuse(e, outcome))?;
-    let request = ImageRequest::parse(&req.body).map_err(|e| refuse(e, outcome))?;
+    check_content_type(&req.headers)?;
+    let request = ImageRequest::parse(&req.body)?;
     outcome.n = Some(request.n);
     outcome.size = request.get_str("size").map(str::to_owned);
     outcome.quality = request.get_str("quality").map(str::to_owned);
@@ -48,7 +105,7 @@ pub(crate) async fn generate<'a>(
             outcome.model_requested = Some(id.to_owned());
             let entry = app.config.model_by_deployment(id);
             (
-                entry.ok_or_else(|| ApiError::model_not_found(id, "deployment-id")),
+                entry.ok_or_else(|| ApiError::model_not_found(id, "deployment-id"))?,
                 "deployment-id",
             )
         }
@@ -57,32 +114,23 @@ pub(crate) async fn generate<'a>(
             let entry = app.config.model_by_name(name);
             outcome.model_requested = name.or(entry.map(|e| e.name.as_str())).map(str::to_owned);
             let missing = || ApiError::model_not_found(name.unwrap_or_default(), "model");
-            (entry.ok_or_else(missing), "model")
+            (entry.ok_or_else(missing)?, "model")
         }
     };
-    let entry = entry.map_err(|e| refuse(e, outcome))?;
-    outcome.entry = Some(entry);
-    let fallbacks = check(app, &request, entry, &caller, model_param).map_err(|e| refuse(e, outcome))?;
-
-    match run(app, &request, entry, &fallbacks, &caller, req, outcome).await {
-        Ok((shaped, served)) => {
-            outcome.served = Some(served);
-            outcome.images = Some(shaped.images);
-            outcome.usage = shaped.usage;
-            let mut response = ok_json(shaped.body);
-            if let Ok(name) = HeaderValue::from_str(&served.name) {
-                response.headers_mut().insert("x-served-model", name);
-            }
-            Ok(response)
-        }
-        Err(err) => Err(refuse(err, outcome)),
-    }
+    outcome.entry = Some(entry.name.clone());
+    let fallbacks = check(app, &request, entry, &caller, model_param)?;
+    Ok(Plan {
+        request,
+        entry,
+        fallbacks,
+        caller,
+    })
 }
 
-/// Everything decidable before Azure is called: the caller may use the model,
-/// the request fits it, and the request's own fallbacks are configured models
-/// the caller may use and that can take the request. Returns the fallbacks to
-/// try, the request's first, then the model's configured ones.
+/// The caller may use the model, the request fits it, and the request's own
+/// fallbacks are configured models the caller may use and that can take the
+/// request. Returns the fallbacks to try: the request's first, then the
+/// model's configured ones.
 fn check<'a>(
     app: &'a App,
     request: &ImageRequest,
@@ -128,17 +176,17 @@ fn check<'a>(
 /// The model asked for, then each fallback while the last failure was one a
 /// fallback can help with (retryable after its retries, or a missing
 /// deployment). When all fail, the primary's error, listing the attempts.
-async fn run<'a>(
+pub(crate) async fn run<'a>(
     app: &'a App,
     request: &ImageRequest,
     primary: &'a ModelEntry,
     fallbacks: &[&'a ModelEntry],
     caller: &Caller,
-    req: &Incoming,
-    outcome: &mut Outcome<'a>,
+    deadline: Option<Instant>,
+    outcome: &mut Outcome,
 ) -> Result<(ImagesResponse, &'a ModelEntry), ApiError> {
     let budget = Budget {
-        deadline: req.deadline,
+        deadline,
         retry: app.config.retry,
     };
     let mut primary_error: Option<ApiError> = None;
@@ -183,7 +231,7 @@ async fn run<'a>(
     Err(err)
 }
 
-/// `azure-image: 503 upstream_error; azure-image: 503 upstream_error; dall-e-3: skipped (…)`.
+/// `azure-image: 503 upstream_error; azure-image: 503 upstream_error; skipped dall-e-3: …`.
 fn describe(attempts: &[AttemptRecord], skipped: &[String]) -> String {
     attempts
         .iter()

@@ -2,16 +2,21 @@
 //! out. Front-door adapters (`lambda`, `local`) turn their requests into
 //! [`Incoming`] and the answer back.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Response};
+use tokio::sync::mpsc;
 
 use crate::auth::{Caller, ClientKeys, no_keys_configured};
 use crate::azure::{AttemptRecord, AzureClient};
-use crate::config::{AuthMode, Config, ModelEntry};
+use crate::config::{AuthMode, Config};
 use crate::error::{ApiError, ErrorContext};
 use crate::observe::{MetricsSink, RequestRecord};
 use crate::response::Usage;
@@ -31,6 +36,64 @@ pub struct Incoming {
     /// When the answer must be out; `None` when unbounded or unknown.
     pub deadline: Option<Instant>,
     pub request_id: String,
+    /// The most the front door returns, when it buffers (6 MB for a buffered
+    /// Lambda response); `None` when the answer streams.
+    pub response_limit: Option<usize>,
+}
+
+/// A response body: whole, or events sent on as they are produced.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Events(mpsc::Receiver<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::Full(Some(bytes.into()))
+    }
+
+    /// The whole body, once a stream has ended.
+    pub async fn collect(self) -> Bytes {
+        match self {
+            Self::Full(bytes) => bytes.unwrap_or_default(),
+            Self::Events(mut events) => {
+                let mut all = Vec::new();
+                while let Some(chunk) = events.recv().await {
+                    all.extend_from_slice(&chunk);
+                }
+                Bytes::from(all)
+            }
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b)))),
+            Self::Events(events) => events
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Full(bytes) => http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Events(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 /// What lives for the whole execution environment: built once, shared by every request.
@@ -40,6 +103,8 @@ pub struct App {
     client_keys: SecretCache<ClientKeys>,
     pub(crate) azure: AzureClient,
     metrics: MetricsSink,
+    /// Deployments that refused `stream`: later streams are made from one buffered call.
+    pub(crate) no_upstream_stream: Mutex<HashSet<String>>,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
 }
@@ -77,15 +142,19 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     if allowed { found } else { Route::WrongMethod { allow } }
 }
 
-/// What one request's log line says. Never the prompt, never a key.
-#[derive(Default)]
-pub(crate) struct Outcome<'a> {
+/// What one request's log line says. Never the prompt, never a key. Owned,
+/// so a streamed answer can log it when the stream ends.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub started: Instant,
+    pub request_id: String,
+    pub method: Method,
     pub route: &'static str,
     pub model_requested: Option<String>,
-    /// The model asked for.
-    pub entry: Option<&'a ModelEntry>,
-    /// The model that answered, when it was a fallback or the primary.
-    pub served: Option<&'a ModelEntry>,
+    /// The configured name asked for.
+    pub entry: Option<String>,
+    /// The configured name that answered.
+    pub served: Option<String>,
     pub n: Option<u32>,
     pub size: Option<String>,
     pub quality: Option<String>,
@@ -96,6 +165,37 @@ pub(crate) struct Outcome<'a> {
     pub attempts: Vec<AttemptRecord>,
     pub images: Option<usize>,
     pub usage: Option<Usage>,
+}
+
+impl Outcome {
+    fn new(req: &Incoming) -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: req.request_id.clone(),
+            method: req.method.clone(),
+            route: "",
+            model_requested: None,
+            entry: None,
+            served: None,
+            n: None,
+            size: None,
+            quality: None,
+            stream: None,
+            prompt_chars: None,
+            client: None,
+            attempts: Vec::new(),
+            images: None,
+            usage: None,
+        }
+    }
+
+    fn request_type(&self) -> &'static str {
+        match self.route {
+            "openai_generations" | "azure_generations" => "image_generation",
+            "models" => "list_models",
+            _ => "unknown",
+        }
+    }
 }
 
 impl App {
@@ -109,6 +209,7 @@ impl App {
             azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
             client_keys: SecretCache::new(secrets, ClientKeys::from_secret_value, config.secret_ttl),
             metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
+            no_upstream_stream: Mutex::default(),
             config,
             azure,
             started,
@@ -137,48 +238,84 @@ impl App {
         }
     }
 
-    /// Answers one request. Never fails: every failure is an OpenAI error response.
-    pub async fn handle(&self, req: Incoming) -> Response<Vec<u8>> {
-        let start = Instant::now();
-        let mut outcome = Outcome::default();
-        let result = match route(&req.method, &req.path) {
+    /// Answers one request: JSON, or server-sent events for `stream: true`.
+    /// Never fails: every failure is an OpenAI error response.
+    pub async fn respond(self: &Arc<Self>, req: Incoming) -> Response<ResponseBody> {
+        let mut outcome = Outcome::new(&req);
+        let response = match route(&req.method, &req.path) {
             Route::Generations { deployment } => {
                 outcome.route = if deployment.is_some() {
                     "azure_generations"
                 } else {
                     "openai_generations"
                 };
-                crate::generation::generate(self, &req, deployment, &mut outcome).await
+                // Finishes (and logs) on its own: a stream logs when it ends.
+                return crate::generation::generate(self, &req, deployment, outcome).await;
             }
             Route::Models => {
                 outcome.route = "models";
                 match self.authenticate(&req).await {
                     Ok(caller) => {
                         outcome.client = caller.name.clone();
-                        Ok(ok_json(self.model_list(&caller)))
+                        ok_json(self.model_list(&caller))
                     }
-                    Err(err) => Err(self.error_response(&err, &outcome)),
+                    Err(err) => self.error_response(&err, &outcome),
                 }
             }
             Route::Health => {
                 outcome.route = "health";
-                Ok(ok_json(br#"{"status":"ok"}"#.to_vec()))
+                ok_json(br#"{"status":"ok"}"#.to_vec())
             }
             Route::WrongMethod { allow } => {
                 outcome.route = "wrong_method";
-                let mut response =
-                    self.error_response(&ApiError::method_not_allowed(req.method.as_str(), &req.path), &outcome);
+                let err = ApiError::method_not_allowed(req.method.as_str(), &req.path);
+                let mut response = self.error_response(&err, &outcome);
                 response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-                Err(response)
+                response
             }
             Route::NotFound => {
                 outcome.route = "not_found";
-                Err(self.error_response(&ApiError::not_found(&req.path), &outcome))
+                self.error_response(&ApiError::not_found(&req.path), &outcome)
             }
         };
-        let mut response = result.unwrap_or_else(|r| r);
-        if let Ok(id) = HeaderValue::from_str(&req.request_id) {
-            response.headers_mut().insert("x-request-id", id);
+        self.finish(response, &outcome, req.response_limit)
+    }
+
+    /// The same, whole: what a buffered front door sends, and what tests read.
+    pub async fn handle(self: &Arc<Self>, req: Incoming) -> Response<Vec<u8>> {
+        let (parts, body) = self.respond(req).await.into_parts();
+        Response::from_parts(parts, body.collect().await.to_vec())
+    }
+
+    /// A whole answer on its way out: the headers every answer carries, the
+    /// front door's size limit, the log line and the metrics.
+    pub(crate) fn finish(
+        &self,
+        mut response: Response<Vec<u8>>,
+        outcome: &Outcome,
+        limit: Option<usize>,
+    ) -> Response<ResponseBody> {
+        if let Some(limit) = limit.filter(|limit| response.body().len() > *limit) {
+            response = self.error_response(&response_too_large(response.body().len(), limit), outcome);
+        }
+        self.stamp(response.headers_mut(), outcome);
+        if outcome.method == Method::HEAD {
+            response.body_mut().clear();
+        }
+        let code = response.extensions().get::<ErrorCode>().map(|c| c.0.clone());
+        self.record(
+            outcome,
+            response.status().as_u16(),
+            code.as_deref(),
+            response.body().len(),
+        );
+        response.map(ResponseBody::full)
+    }
+
+    /// `x-request-id` on every answer; Azure's request id when Azure answered.
+    pub(crate) fn stamp(&self, headers: &mut HeaderMap, outcome: &Outcome) {
+        if let Ok(id) = HeaderValue::from_str(&outcome.request_id) {
+            headers.insert("x-request-id", id);
         }
         let upstream_id = outcome
             .attempts
@@ -186,15 +323,44 @@ impl App {
             .rev()
             .find_map(|a| a.upstream_request_id.as_deref());
         if let Some(id) = upstream_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-            response.headers_mut().insert("x-upstream-request-id", id);
+            headers.insert("x-upstream-request-id", id);
         }
-        if req.method == Method::HEAD {
-            response.body_mut().clear();
+        if let Some(served) = outcome.served.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert("x-served-model", served);
         }
-        let record = request_record(&req, &outcome, &response, start.elapsed());
+    }
+
+    /// The log line and the EMF record of a finished request.
+    pub(crate) fn record(&self, outcome: &Outcome, status: u16, error_code: Option<&str>, bytes_out: usize) {
+        let by_name = |name: &Option<String>| name.as_deref().and_then(|n| self.config.model_by_name(Some(n)));
+        let asked = by_name(&outcome.entry);
+        let answered = by_name(&outcome.served).or(asked);
+        let record = RequestRecord {
+            request_id: &outcome.request_id,
+            method: outcome.method.as_str(),
+            route: outcome.route,
+            client: outcome.client.as_deref(),
+            model_requested: outcome.model_requested.as_deref(),
+            model: outcome.entry.as_deref(),
+            served_model: outcome.served.as_deref(),
+            azure_model: answered.map(|e| e.model.as_str()),
+            deployment: answered.map(|e| e.deployment.as_str()),
+            fallback_used: outcome.served.is_some() && outcome.served != outcome.entry,
+            n: outcome.n,
+            size: outcome.size.as_deref(),
+            quality: outcome.quality.as_deref(),
+            stream: outcome.stream,
+            prompt_chars: outcome.prompt_chars,
+            status,
+            error_code,
+            attempts: &outcome.attempts,
+            total_ms: outcome.started.elapsed().as_millis() as u64,
+            bytes_out,
+            images: outcome.images,
+            usage: outcome.usage,
+        };
         record.log();
         self.metrics.emit(&record);
-        response
     }
 
     /// The configured models the caller may use.
@@ -229,17 +395,15 @@ impl App {
         serde_json::to_vec(&list).unwrap_or_default()
     }
 
-    pub(crate) fn error_response(&self, err: &ApiError, outcome: &Outcome<'_>) -> Response<Vec<u8>> {
-        let request_type = match outcome.route {
-            "openai_generations" | "azure_generations" => "image_generation",
-            "models" => "list_models",
-            _ => "unknown",
-        };
-        let context = ErrorContext {
+    pub(crate) fn error_context<'o>(&self, outcome: &'o Outcome) -> ErrorContext<'o> {
+        ErrorContext {
             model_requested: outcome.model_requested.as_deref(),
-            request_type,
-        };
-        let mut response = Response::new(err.body(&context));
+            request_type: outcome.request_type(),
+        }
+    }
+
+    pub(crate) fn error_response(&self, err: &ApiError, outcome: &Outcome) -> Response<Vec<u8>> {
+        let mut response = Response::new(err.body(&self.error_context(outcome)));
         *response.status_mut() = err.status;
         response
             .headers_mut()
@@ -256,6 +420,22 @@ impl App {
             .insert(ErrorCode(err.code.as_deref().unwrap_or_default().to_owned()));
         response
     }
+}
+
+/// 413 for an answer larger than a buffered front door returns. A 4xx: SDKs
+/// do not retry it (a retry would generate, and pay for, the images again).
+pub(crate) fn response_too_large(size: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        crate::error::INVALID_REQUEST,
+        "response_too_large",
+        format!(
+            "The images came to {:.1} MB, more than this endpoint can return ({:.1} MB, a buffered Lambda response). \
+             Ask for fewer images (n), a smaller size or output_format jpeg, or call the streaming endpoint (the Function URL).",
+            size as f64 / 1e6,
+            limit as f64 / 1e6
+        ),
+    )
 }
 
 /// The error code of a response, for its log line.
@@ -293,40 +473,6 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         "invalid_content_type",
         "The request body must be JSON, sent with `Content-Type: application/json`.",
     ))
-}
-
-fn request_record<'r>(
-    req: &'r Incoming,
-    outcome: &'r Outcome<'_>,
-    response: &'r Response<Vec<u8>>,
-    elapsed: Duration,
-) -> RequestRecord<'r> {
-    let asked = outcome.entry;
-    let answered = outcome.served.or(asked);
-    RequestRecord {
-        request_id: &req.request_id,
-        method: req.method.as_str(),
-        route: outcome.route,
-        client: outcome.client.as_deref(),
-        model_requested: outcome.model_requested.as_deref(),
-        model: asked.map(|e| e.name.as_str()),
-        served_model: outcome.served.map(|e| e.name.as_str()),
-        azure_model: answered.map(|e| e.model.as_str()),
-        deployment: answered.map(|e| e.deployment.as_str()),
-        fallback_used: outcome.served.zip(asked).is_some_and(|(s, a)| s.name != a.name),
-        n: outcome.n,
-        size: outcome.size.as_deref(),
-        quality: outcome.quality.as_deref(),
-        stream: outcome.stream,
-        prompt_chars: outcome.prompt_chars,
-        status: response.status().as_u16(),
-        error_code: response.extensions().get::<ErrorCode>().map(|c| c.0.as_str()),
-        attempts: &outcome.attempts,
-        total_ms: elapsed.as_millis() as u64,
-        bytes_out: response.body().len(),
-        images: outcome.images,
-        usage: outcome.usage,
-    }
 }
 
 #[cfg(test)]

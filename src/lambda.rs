@@ -1,25 +1,17 @@
 //! The Lambda front door: API Gateway REST (v1), HTTP API and Function URL
-//! (v2) events, through `lambda_http`.
+//! (v2) events, as `lambda_http` parses them, become [`Incoming`] requests.
+//! The Runtime API loop itself is in `runtime`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use lambda_http::{Body, Request, RequestExt, Response, service_fn};
+use lambda_http::{Body, Request, RequestExt, Response};
 
 use crate::handler::{App, Incoming};
 
-/// Serves invocations until the runtime stops the process.
-pub async fn run(app: Arc<App>) -> Result<(), lambda_http::Error> {
-    lambda_http::run(service_fn(move |event: Request| {
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(respond(&app, event).await) }
-    }))
-    .await
-}
-
-/// One event through the app, as `lambda_http` hands it over.
-pub async fn respond(app: &App, event: Request) -> Response<Body> {
+/// One event through the app, answered whole (as a buffered front door is).
+pub async fn respond(app: &Arc<App>, event: Request) -> Response<Body> {
     let response = app.handle(incoming(event)).await;
     let (parts, body) = response.into_parts();
     // JSON goes out as text; only non-UTF-8 bodies (none today) would need base64.
@@ -52,6 +44,7 @@ pub fn incoming(event: Request) -> Incoming {
         body,
         deadline,
         request_id,
+        response_limit: None,
     }
 }
 

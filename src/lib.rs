@@ -29,7 +29,11 @@ pub mod local;
 #[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
+pub mod runtime;
+#[cfg(feature = "runtime")]
 pub mod secrets;
+#[cfg(feature = "runtime")]
+pub mod stream;
 
 pub use config::Config;
 #[cfg(feature = "runtime")]

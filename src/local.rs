@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming as HyperBody;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::handler::{App, Incoming, MAX_BODY_BYTES};
+use crate::handler::{App, Incoming, MAX_BODY_BYTES, ResponseBody};
 
 /// Serves until the process is stopped.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
@@ -48,7 +48,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn respond(app: &App, req: hyper::Request<HyperBody>, request_id: String) -> hyper::Response<Full<Bytes>> {
+async fn respond(app: &Arc<App>, req: hyper::Request<HyperBody>, request_id: String) -> hyper::Response<ResponseBody> {
     let (parts, body) = req.into_parts();
     // One byte over the limit is enough to know the body is too large.
     let body = match Limited::new(body, MAX_BODY_BYTES + 1).collect().await {
@@ -62,7 +62,7 @@ async fn respond(app: &App, req: hyper::Request<HyperBody>, request_id: String) 
         body,
         deadline: None,
         request_id,
+        response_limit: None,
     };
-    let response = app.handle(incoming).await;
-    response.map(|body| Full::new(Bytes::from(body)))
+    app.respond(incoming).await
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use azure_openai_image::{Config, build_app, lambda, local, observe};
+use azure_openai_image::{Config, build_app, local, observe, runtime};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(format!("cannot listen on {addr}: {e}")),
         },
-        None => lambda::run(app).await.map_err(|e| e.to_string()),
+        None => runtime::run(app).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

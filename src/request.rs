@@ -201,26 +201,42 @@ impl ImageRequest {
                 Some(_) => {}
             }
         }
-        if self.stream {
+        if self.stream && self.get_str("response_format") == Some("url") {
             return Err(ApiError::invalid_param(
-                "stream",
+                "response_format",
                 "unsupported_value",
-                "Streaming image generation is not supported by this connector yet; omit `stream` or set it to false.",
+                "Invalid 'response_format': a stream carries the images themselves (b64_json); `url` cannot stream.",
             ));
         }
         Ok(())
     }
 
-    /// The JSON body for Azure: the client's fields, less the connector's own
-    /// and those the model does not take silently, with `model` set to the
-    /// Azure model, never the client's alias.
+    /// The JSON body of one buffered Azure call: the client's fields, less the
+    /// connector's own and those the model does not take silently, with
+    /// `model` set to the Azure model, never the client's alias. A client's
+    /// stream made from a buffered call asks dall-e-3 for b64_json: events carry images.
     pub fn upstream_body(&self, entry: &ModelEntry) -> Vec<u8> {
+        let mut body = self.forwarded_fields(entry);
+        body.remove("partial_images");
+        if self.stream && !entry.spec.always_b64 {
+            body.insert("response_format".into(), Value::String("b64_json".into()));
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The JSON body of a streamed Azure call: `stream: true`, with the
+    /// client's `partial_images`.
+    pub fn upstream_stream_body(&self, entry: &ModelEntry) -> Vec<u8> {
+        let mut body = self.forwarded_fields(entry);
+        body.insert("stream".into(), Value::Bool(true));
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    fn forwarded_fields(&self, entry: &ModelEntry) -> Map<String, Value> {
         let mut body = Map::with_capacity(self.fields.len() + 1);
         for (key, value) in &self.fields {
             let skip = CONNECTOR_ONLY.contains(&key.as_str())
                 || key == "model"
-                // partial images only mean anything on a stream.
-                || (key == "partial_images" && !self.stream)
                 // gpt-image always answers b64_json and rejects the field.
                 || (key == "response_format" && entry.spec.always_b64);
             if !skip {
@@ -228,7 +244,7 @@ impl ImageRequest {
             }
         }
         body.insert("model".into(), Value::String(entry.model.clone()));
-        serde_json::to_vec(&body).unwrap_or_default()
+        body
     }
 }
 
@@ -491,12 +507,27 @@ mod tests {
     }
 
     #[test]
-    fn stream_true_is_refused_until_streaming_lands() {
+    fn streams_carry_images_not_urls() {
+        assert!(validate(r#"{"prompt":"p","stream":true,"partial_images":2}"#, &GPT_IMAGE).is_ok());
+        assert!(validate(r#"{"prompt":"p","stream":true}"#, &DALL_E_3).is_ok());
+        let err = validate(r#"{"prompt":"p","stream":true,"response_format":"url"}"#, &DALL_E_3).expect_err("url");
+        assert_eq!(err.param.as_deref(), Some("response_format"));
+    }
+
+    #[test]
+    fn stream_bodies_ask_azure_to_stream_and_buffered_ones_do_not() {
+        let req = parse(r#"{"prompt":"p","stream":true,"partial_images":2,"fallbacks":[]}"#).expect("valid");
+        let streamed: Value = serde_json::from_slice(&req.upstream_stream_body(&entry("gpt-image-1"))).expect("json");
+        assert_eq!(streamed["stream"], true);
+        assert_eq!(streamed["partial_images"], 2);
+        assert!(streamed.get("fallbacks").is_none());
+        let buffered: Value = serde_json::from_slice(&req.upstream_body(&entry("gpt-image-1"))).expect("json");
+        assert!(buffered.get("stream").is_none() && buffered.get("partial_images").is_none());
+        let dalle: Value = serde_json::from_slice(&req.upstream_body(&entry("dall-e-3"))).expect("json");
         assert_eq!(
-            param_of(validate(r#"{"prompt":"p","stream":true}"#, &GPT_IMAGE)),
-            "stream"
+            dalle["response_format"], "b64_json",
+            "a dall-e-3 stream needs the image data"
         );
-        assert!(validate(r#"{"prompt":"p","stream":false}"#, &GPT_IMAGE).is_ok());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum UpstreamError {
 
 /// A JSON object whose values stay unparsed slices of the input: the way
 /// megabytes of base64 cross the connector without a copy into a value tree.
-struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+pub(crate) struct RawObject<'a>(Vec<(String, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -59,7 +59,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
 }
 
 impl<'a> RawObject<'a> {
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }

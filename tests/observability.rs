@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use azure_openai_image::Config;
 use azure_openai_image::observe::{MetricsSink, log_subscriber};
 use common::*;
 use serde_json::Value;
@@ -37,13 +38,14 @@ impl Captured {
 
 /// Runs one request with logs and metrics captured; returns the request's log
 /// line, its EMF record, the response status and every line written.
-async fn observe(test: TestApp, req: azure_openai_image::handler::Incoming) -> (Value, Value, u16, Vec<String>) {
+async fn observe(config: Config, req: azure_openai_image::handler::Incoming) -> (Value, Value, u16, Vec<String>) {
     let logs = Captured::default();
     let metrics = Captured::default();
     let sink = metrics.clone();
-    let app = test.app.with_metrics(MetricsSink::new("AzureOpenAIImage", move |line| {
+    let (app, _) = unshared_app(config, vec![Ok(AZURE_KEY.into())]);
+    let app = Arc::new(app.with_metrics(MetricsSink::new("AzureOpenAIImage", move |line| {
         let _ = writeln!(sink.clone(), "{line}");
-    }));
+    })));
     let writer = logs.clone();
     let _guard = tracing::subscriber::set_default(log_subscriber(move || writer.clone()));
     let status = app.handle(req).await.status().as_u16();
@@ -82,7 +84,7 @@ async fn a_success_logs_who_what_how_long_and_how_much() {
         "authorization",
         &format!("Bearer {TEAM_A_KEY}"),
     );
-    let (log, emf, status, _) = observe(app_for(&fake), req).await;
+    let (log, emf, status, _) = observe(config_for(&fake), req).await;
     assert_eq!(status, 200);
     assert_eq!(log["level"], "INFO");
     for (field, value) in [
@@ -130,7 +132,7 @@ async fn a_success_logs_who_what_how_long_and_how_much() {
 #[tokio::test]
 async fn a_validation_error_logs_its_code_and_counts_an_error() {
     let fake = FakeAzure::healthy().await;
-    let (log, emf, status, _) = observe(app_for(&fake), post(GEN, &body("dall-e-3", r#","n":4"#))).await;
+    let (log, emf, status, _) = observe(config_for(&fake), post(GEN, &body("dall-e-3", r#","n":4"#))).await;
     assert_eq!(status, 400);
     assert_eq!(log["error_code"], "integer_above_max_value");
     assert_eq!(log["upstream_attempts"], 0);
@@ -158,14 +160,11 @@ async fn retries_and_a_fallback_show_every_upstream_status() {
         fake.base_url("primary-dep"),
         fake.base_url("backup-dep")
     );
-    let test = app_from(
-        config_from(
-            &models,
-            &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
-        ),
-        vec![Ok(AZURE_KEY.into())],
+    let config = config_from(
+        &models,
+        &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
     );
-    let (log, emf, status, all) = observe(test, post(GEN, &body("primary", ""))).await;
+    let (log, emf, status, all) = observe(config, post(GEN, &body("primary", ""))).await;
     assert_eq!(status, 200);
     assert_eq!(log["model"], "primary");
     assert_eq!(log["served_model"], "backup");
@@ -182,7 +181,7 @@ async fn retries_and_a_fallback_show_every_upstream_status() {
 async fn an_upstream_failure_logs_and_counts_its_code() {
     let fake =
         FakeAzure::start(|_, _| Canned::json(500, r#"{"error":{"code":"server_error","message":"boom"}}"#)).await;
-    let (log, emf, status, _) = observe(app_for(&fake), post(GEN, &body("azure-image", ""))).await;
+    let (log, emf, status, _) = observe(config_for(&fake), post(GEN, &body("azure-image", ""))).await;
     assert_eq!(status, 502);
     assert_eq!(log["error_code"], "upstream_error");
     assert!(

@@ -15,6 +15,12 @@ Prompts can ask for a fault, the way tests need them:
   [rate-limit]      429 with retry-after
   [server-error]    500 server_error
   [flaky]           503 with retry-after-ms: 50 the first time a prompt is seen, then success
+  [large]           incompressible images (a 1536x1024 PNG is about 6 MB as base64)
+  [break-stream]    a stream that fails after its first partial image
+
+A gpt-image deployment streams (`stream: true`: partial images, then one
+completed event per image) unless its entry says "streams": false; then it
+refuses `stream` with a 400, as a dated api-version does.
   [not-json]        200 with a body that is not JSON
 
 Run alone: python fake_azure.py --port 8081 --deployments '{"img":{"model":"gpt-image-1","api_version":"2025-04-01-preview"}}' --key KEY
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
 import struct
 import threading
 import time
@@ -37,18 +44,22 @@ SIZES = {
     "dall-e-3": {"1024x1024", "1792x1024", "1024x1792"},
     "gpt-image": {"1024x1024", "1536x1024", "1024x1536", "auto"},
 }
-CONNECTOR_ONLY = {"fallbacks", "stream"}
+CONNECTOR_ONLY = {"fallbacks"}
 
 _png_cache: dict[tuple[int, int, int], bytes] = {}
 
 
-def png(width: int, height: int, shade: int = 0) -> bytes:
-    """A real PNG of the given size: RGB, a colour per shade, one filter byte a row."""
-    cache_key = (width, height, shade % 8)
+def png(width: int, height: int, shade: int = 0, noise: bool = False) -> bytes:
+    """A real PNG of the given size: RGB, one filter byte a row; a colour per
+    shade, or random pixels that do not compress."""
+    cache_key = (width, height, shade % 8, noise)
     if cache_key not in _png_cache:
-        colour = bytes([(40 * shade) % 256, 120, (255 - 30 * shade) % 256])
-        row = b"\x00" + colour * width
-        raw = row * height
+        if noise:
+            rng = random.Random(shade)
+            raw = b"".join(b"\x00" + rng.randbytes(3 * width) for _ in range(height))
+        else:
+            colour = bytes([(40 * shade) % 256, 120, (255 - 30 * shade) % 256])
+            raw = (b"\x00" + colour * width) * height
 
         def chunk(kind: bytes, data: bytes) -> bytes:
             body = kind + data
@@ -137,6 +148,13 @@ class FakeAzure:
             def _error(self, status: int, error: dict, headers=None):
                 self._send(status, json.dumps({"error": error}).encode(), headers=headers)
 
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def _event(self, payload: dict) -> None:
+                self._chunk(f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode())
+
             def do_GET(self):
                 if self.path.startswith("/_fake/images/"):
                     image = fake.images.get(self.path.rsplit("/", 1)[-1])
@@ -188,7 +206,35 @@ class FakeAzure:
                     return self._error(400, {"code": "invalid_value", "message": problem, "type": "invalid_request_error", "param": None})
                 if fake.delay:
                     time.sleep(fake.delay)
+                if body.get("stream"):
+                    if not deployment.get("streams", True):
+                        return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
+                    return self._stream(body)
                 return self._answer(body, deployment["model"])
+
+            def _stream(self, body: dict):
+                prompt, n = body["prompt"], body.get("n", 1)
+                size = body.get("size", "1024x1024")
+                size = "1024x1024" if size == "auto" else size
+                width, height = (int(x) for x in size.split("x"))
+                common = {"created_at": int(time.time()), "size": size, "quality": "high", "background": "opaque", "output_format": "png"}
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("apim-request-id", "fake-apim-0001")
+                self.end_headers()
+                for i in range(n):
+                    for p in range(body.get("partial_images", 0)):
+                        small = base64.b64encode(png(64, 64, p)).decode()
+                        self._event({"type": "image_generation.partial_image", "b64_json": small, "partial_image_index": p, **common})
+                        time.sleep(0.05)
+                        if "[break-stream]" in prompt:
+                            self._event({"type": "error", "error": {"code": "server_error", "type": "server_error", "param": None, "message": "The server had an error while generating the image."}})
+                            return self._chunk(b"")
+                    image = base64.b64encode(png(width, height, i, noise="[large]" in prompt)).decode()
+                    usage = {"total_tokens": 150, "input_tokens": 100, "output_tokens": 50, "input_tokens_details": {"text_tokens": 100, "image_tokens": 0}}
+                    self._event({"type": "image_generation.completed", "b64_json": image, **common, "usage": usage})
+                self._chunk(b"")
 
             def _answer(self, body: dict, model: str):
                 prompt = body["prompt"]
@@ -225,7 +271,7 @@ class FakeAzure:
                 width, height = (int(x) for x in size.split("x"))
                 data = []
                 for i in range(n):
-                    image = png(width, height, i)
+                    image = png(width, height, i, noise="[large]" in prompt)
                     if model in GPT_IMAGE:
                         data.append({"b64_json": base64.b64encode(image).decode()})
                     else:
@@ -263,6 +309,10 @@ def check_body(body, model: str) -> str | None:
     leaked = CONNECTOR_ONLY & body.keys()
     if leaked:
         return f"connector-only fields reached Azure: {sorted(leaked)}"
+    if "stream" in body and (model not in GPT_IMAGE or body["stream"] is not True):
+        return f"stream={body['stream']!r} sent for {model}"
+    if "partial_images" in body and not body.get("stream"):
+        return "partial_images sent without stream"
     n = body.get("n", 1)
     if model in GPT_IMAGE:
         if "response_format" in body:

@@ -72,6 +72,8 @@ def main() -> int:
                 moto.put_secret(LOCAL_CLIENT_KEYS, json.dumps([LOCAL_CLIENT_KEY]))
                 env["CLIENT_API_KEYS_SECRET_ID"] = LOCAL_CLIENT_KEYS
 
+        # cargo lambda watch streams like a Function URL with RESPONSE_STREAM.
+        env["RESPONSE_MODE"] = os.environ.get("RESPONSE_MODE", "stream")
         mode = "local" if args.local_server else "lambda"
         print(f"Starting the connector ({'local listener' if mode == 'local' else 'cargo lambda watch'}); the first build takes a few minutes...")
         connector = stack.Connector(env, log_dir, mode=mode, port=args.port).start()

@@ -189,6 +189,7 @@ def image_models(azure_url: str) -> list[dict]:
     return [
         {"name": "azure-image", "model": "gpt-image-1", "baseURL": f"{azure_url}/openai/deployments/gpt-image-1", "apiVersion": "2025-04-01-preview"},
         {"name": "dall-e-3", "model": "dall-e-3", "baseURL": f"{azure_url}/openai/deployments/dall-e-3", "apiVersion": "2024-10-21"},
+        {"name": "gpt-image-nostream", "model": "gpt-image-1", "baseURL": f"{azure_url}/openai/deployments/gpt-image-1-nostream", "apiVersion": "2025-04-01-preview"},
     ]
 
 
@@ -196,6 +197,8 @@ def fake_deployments() -> dict[str, dict]:
     return {
         "gpt-image-1": {"model": "gpt-image-1", "api_version": "2025-04-01-preview"},
         "dall-e-3": {"model": "dall-e-3", "api_version": "2024-10-21"},
+        # A dated api-version that does not stream: the connector makes its streams from buffered calls.
+        "gpt-image-1-nostream": {"model": "gpt-image-1", "api_version": "2025-04-01-preview", "streams": False},
     }
 
 

@@ -257,7 +257,7 @@ pub fn config_from(models: &str, settings: &[(&str, &str)]) -> Config {
 }
 
 pub struct TestApp {
-    pub app: App,
+    pub app: Arc<App>,
     pub secret_calls: Arc<AtomicUsize>,
 }
 
@@ -266,9 +266,20 @@ pub fn app_with(fake: &FakeAzure, answers: Vec<Result<String, SecretError>>) -> 
 }
 
 pub fn app_from(config: Config, answers: Vec<Result<String, SecretError>>) -> TestApp {
+    let (app, secret_calls) = unshared_app(config, answers);
+    TestApp {
+        app: Arc::new(app),
+        secret_calls,
+    }
+}
+
+/// The app before it is shared, for tests that configure it further.
+pub fn unshared_app(config: Config, answers: Vec<Result<String, SecretError>>) -> (App, Arc<AtomicUsize>) {
     let (source, secret_calls) = ScriptedSecrets::new(answers);
-    let app = App::new(config, Arc::new(source), AzureClient::new().expect("client"));
-    TestApp { app, secret_calls }
+    (
+        App::new(config, Arc::new(source), AzureClient::new().expect("client")),
+        secret_calls,
+    )
 }
 
 pub fn app_for(fake: &FakeAzure) -> TestApp {
@@ -287,6 +298,7 @@ pub fn request(method: Method, path: &str, body: &str) -> Incoming {
         body: Bytes::copy_from_slice(body.as_bytes()),
         deadline: None,
         request_id: "req-test-1".to_owned(),
+        response_limit: None,
     }
 }
 

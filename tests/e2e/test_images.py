@@ -145,7 +145,7 @@ def test_upstream_failures_are_502(openai_client):
 
 
 def test_model_list_names_the_configured_models(openai_client):
-    assert [m.id for m in openai_client.models.list()] == ["azure-image", "dall-e-3"]
+    assert [m.id for m in openai_client.models.list()] == ["azure-image", "dall-e-3", "gpt-image-nostream"]
 
 
 def test_error_bodies_carry_the_gateway_fields(connector):

@@ -161,3 +161,19 @@ def test_logs_are_json_with_a_retention(deployed):
     assert function["Properties"]["LoggingConfig"]["LogFormat"] == "JSON"
     (group,) = of_type(resources, "AWS::Logs::LogGroup")
     assert group["Properties"]["RetentionInDays"]
+
+
+def test_the_streaming_front_doors_stream_and_the_function_waits_long_enough(deployed):
+    _, resources = deployed
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    assert function["Properties"]["Timeout"] >= 300, "image generation can take minutes"
+    assert function["Properties"]["Environment"]["Variables"]["RESPONSE_MODE"] == "auto"
+    (url,) = of_type(resources, "AWS::Lambda::Url")
+    assert url["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
+    (method,) = of_type(resources, "AWS::ApiGateway::Method")
+    integration = method["Properties"]["Integration"]
+    assert integration["ResponseTransferMode"] == "STREAM"
+    assert "/2021-11-15/functions/" in json.dumps(integration["Uri"]) and "response-streaming-invocations" in json.dumps(integration["Uri"])
+    assert integration["TimeoutInMillis"] > 29000
+    (http_integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
+    assert http_integration["Properties"]["TimeoutInMillis"] <= 30000, "an HTTP API cannot wait longer"
