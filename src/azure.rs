@@ -71,6 +71,29 @@ pub struct AttemptRecord {
     pub upstream_request_id: Option<String>,
 }
 
+impl AttemptRecord {
+    /// An attempt on `entry` begun at `started`: Azure's status and request id
+    /// when it answered (`outcome` is `ok` until a failure says otherwise).
+    pub fn new(
+        entry: &ModelEntry,
+        answer: Option<(StatusCode, &http::HeaderMap)>,
+        started: Instant,
+        waited: Duration,
+    ) -> Self {
+        Self {
+            model: entry.name.clone(),
+            status: answer.map(|(status, _)| status.as_u16()),
+            outcome: "ok".into(),
+            ms: started.elapsed().as_millis() as u64,
+            waited_ms: waited.as_millis() as u64,
+            upstream_request_id: answer
+                .and_then(|(_, headers)| headers.get("apim-request-id"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+}
+
 /// The HTTP client for Azure, built once per execution environment.
 #[derive(Clone)]
 pub struct AzureClient {
@@ -100,12 +123,7 @@ impl AzureClient {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let attempt = async {
             let response = self
-                .http
-                .post(entry.generations_url.clone())
-                .header("api-key", key.expose())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::ACCEPT, "application/json")
-                .body(body)
+                .post(entry, key, body, "application/json")
                 .send()
                 .await
                 .map_err(classify)?;
@@ -121,6 +139,16 @@ impl AzureClient {
 }
 
 impl AzureClient {
+    /// The one request the connector makes: the configured URL, the key, JSON.
+    fn post(&self, entry: &ModelEntry, key: &ApiKey, body: Bytes, accept: &'static str) -> reqwest::RequestBuilder {
+        self.http
+            .post(entry.generations_url.clone())
+            .header("api-key", key.expose())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, accept)
+            .body(body)
+    }
+
     /// POSTs a streamed request and returns once Azure's headers are in: the
     /// body is read as it arrives. `timeout` bounds the wait for the headers.
     pub async fn open(
@@ -131,12 +159,7 @@ impl AzureClient {
         timeout: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
         let request = self
-            .http
-            .post(entry.generations_url.clone())
-            .header("api-key", key.expose())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "text/event-stream, application/json")
-            .body(body)
+            .post(entry, key, body, "text/event-stream, application/json")
             .send();
         match tokio::time::timeout(timeout, request).await {
             Ok(result) => result.map_err(classify),
@@ -171,19 +194,8 @@ impl AzureClient {
             };
             let started = Instant::now();
             let result = self.generate(entry, &key, body.clone(), timeout).await;
-            let mut record = AttemptRecord {
-                model: entry.name.clone(),
-                status: result.as_ref().ok().map(|r| r.status.as_u16()),
-                outcome: "ok".into(),
-                ms: started.elapsed().as_millis() as u64,
-                waited_ms: waited.as_millis() as u64,
-                upstream_request_id: result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.headers.get("apim-request-id"))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            };
+            let answer = result.as_ref().ok().map(|r| (r.status, &r.headers));
+            let mut record = AttemptRecord::new(entry, answer, started, waited);
             let failure = match result {
                 Ok(response) if response.status == StatusCode::UNAUTHORIZED && !rotated => {
                     rotated = true;

@@ -278,19 +278,8 @@ async fn start(app: &App, plan: &Plan<'_>, deadline: Option<Instant>, outcome: &
         };
         let started = Instant::now();
         let opened = app.azure.open(entry, &key, body.clone(), timeout).await;
-        let mut record = AttemptRecord {
-            model: entry.name.clone(),
-            status: opened.as_ref().ok().map(|r| r.status().as_u16()),
-            outcome: "ok".into(),
-            ms: started.elapsed().as_millis() as u64,
-            waited_ms: 0,
-            upstream_request_id: opened
-                .as_ref()
-                .ok()
-                .and_then(|r| r.headers().get("apim-request-id"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
+        let answer = opened.as_ref().ok().map(|r| (r.status(), r.headers()));
+        let mut record = AttemptRecord::new(entry, answer, started, Duration::ZERO);
         let response = match opened {
             Ok(response) => response,
             Err(err) => {

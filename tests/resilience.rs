@@ -30,6 +30,13 @@ fn three_models(fake: &FakeAzure, settings: &[(&str, &str)]) -> TestApp {
     app_from(config_from(&models, &all), vec![Ok(AZURE_KEY.into())])
 }
 
+/// The standard test models with the retry settings under test.
+fn retrying(fake: &FakeAzure, settings: &[(&str, &str)]) -> TestApp {
+    let mut all = vec![("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)];
+    all.extend_from_slice(settings);
+    app_from(config_with(fake, &all), vec![Ok(AZURE_KEY.into())])
+}
+
 fn deployments(fake: &FakeAzure) -> Vec<String> {
     fake.requests()
         .iter()
@@ -49,10 +56,7 @@ async fn a_429_is_retried_after_the_wait_azure_asks_for() {
         }
     })
     .await;
-    let test = app_from(
-        config_with(&fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)]),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[]);
     let started = Instant::now();
     let response = test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await;
     assert_eq!(response.status(), 200);
@@ -81,10 +85,7 @@ async fn retry_after_in_seconds_and_as_a_date_are_honoured() {
         _ => success_for(req),
     })
     .await;
-    let test = app_from(
-        config_with(&fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)]),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[]);
     let started = Instant::now();
     assert_eq!(test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await.status(), 200);
     assert!(
@@ -104,10 +105,7 @@ async fn without_a_retry_after_the_wait_is_exponential_backoff() {
         }
     })
     .await;
-    let test = app_from(
-        config_with(&fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)]),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[]);
     let started = Instant::now();
     assert_eq!(test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await.status(), 200);
     let elapsed = started.elapsed();
@@ -121,13 +119,7 @@ async fn without_a_retry_after_the_wait_is_exponential_backoff() {
 #[tokio::test]
 async fn retries_stop_at_max_retries_and_the_error_lists_the_attempts() {
     let fake = FakeAzure::start(|_, _| Canned::json(503, UNAVAILABLE).with_header("retry-after-ms", "10")).await;
-    let test = app_from(
-        config_with(
-            &fake,
-            &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "3")],
-        ),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[("MAX_RETRIES", "3")]);
     let err = openai_error(&test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await, 502);
     assert_eq!(fake.requests().len(), 4);
     let message = err["message"].as_str().unwrap_or_default();
@@ -149,10 +141,7 @@ async fn other_4xx_are_not_retried() {
         (404, r#"{"error":{"code":"DeploymentNotFound","message":"no"}}"#),
     ] {
         let fake = FakeAzure::start(move |_, _| Canned::json(status, body)).await;
-        let test = app_from(
-            config_with(&fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)]),
-            vec![Ok(AZURE_KEY.into())],
-        );
+        let test = retrying(&fake, &[]);
         let response = test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await;
         assert!(
             response.status().is_client_error() || response.status() == 502,
@@ -173,16 +162,7 @@ async fn a_timed_out_attempt_is_retried() {
         }
     })
     .await;
-    let test = app_from(
-        config_with(
-            &fake,
-            &[
-                ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
-                ("UPSTREAM_TIMEOUT_SECONDS", "1"),
-            ],
-        ),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[("UPSTREAM_TIMEOUT_SECONDS", "1")]);
     let started = Instant::now();
     assert_eq!(test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await.status(), 200);
     assert_eq!(fake.requests().len(), 2);
@@ -192,13 +172,7 @@ async fn a_timed_out_attempt_is_retried() {
 #[tokio::test]
 async fn connection_errors_are_retried_then_502() {
     let fake = FakeAzure::healthy().await;
-    let test = app_from(
-        config_with(
-            &fake,
-            &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
-        ),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[("MAX_RETRIES", "1")]);
     fake.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let err = openai_error(&test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await, 502);
@@ -212,10 +186,7 @@ async fn connection_errors_are_retried_then_502() {
 #[tokio::test]
 async fn a_wait_longer_than_the_deadline_allows_answers_429_at_once() {
     let fake = FakeAzure::start(|_, _| Canned::json(429, FAST_429).with_header("retry-after", "30")).await;
-    let test = app_from(
-        config_with(&fake, &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)]),
-        vec![Ok(AZURE_KEY.into())],
-    );
+    let test = retrying(&fake, &[]);
     let started = Instant::now();
     let response = test
         .app
