@@ -1,0 +1,86 @@
+//! The connector's own work on a request and on Azure's answer, per body size:
+//! request parsing and validation, the reshaping of an images response
+//! (base64 copied as raw JSON), and the completed events of a stream.
+//!
+//!     cargo bench --bench transform
+
+use std::hint::black_box;
+
+use azure_openai_image::Config;
+use azure_openai_image::request::ImageRequest;
+use azure_openai_image::response::images_response;
+use azure_openai_image::stream::{Defaults, completed_events};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// An Azure gpt-image answer of about `size` bytes: four images of base64.
+fn azure_body(size: usize) -> Vec<u8> {
+    let per_image = size / 4;
+    let image = "QUJD".repeat(per_image / 4 + 1)[..per_image].to_owned();
+    let data: Vec<String> = (0..4).map(|_| format!(r#"{{"b64_json":"{image}"}}"#)).collect();
+    format!(
+        r#"{{"created":1700000000,"data":[{}],"background":"opaque","output_format":"png","quality":"high","size":"1024x1024","usage":{{"total_tokens":100,"input_tokens":50,"output_tokens":50,"input_tokens_details":{{"text_tokens":10,"image_tokens":40}}}}}}"#,
+        data.join(",")
+    )
+    .into_bytes()
+}
+
+const SIZES: [(&str, usize); 4] = [
+    ("10KB", 10_000),
+    ("4MB", 4_000_000),
+    ("16MB", 16_000_000),
+    ("40MB", 40_000_000),
+];
+
+fn response(c: &mut Criterion) {
+    let mut group = c.benchmark_group("images_response");
+    group.sample_size(20);
+    for (name, size) in SIZES {
+        let body = azure_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
+            b.iter(|| images_response(black_box(body)).map(|r| r.body.len()))
+        });
+    }
+    group.finish();
+
+    let defaults = Defaults {
+        size: "1024x1024".into(),
+        quality: "high".into(),
+        background: "opaque".into(),
+        output_format: "png".into(),
+    };
+    let mut group = c.benchmark_group("completed_events");
+    group.sample_size(20);
+    for (name, size) in SIZES {
+        let body = azure_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
+            b.iter(|| completed_events(black_box(body), &defaults).map(|(events, _)| events.len()))
+        });
+    }
+    group.finish();
+}
+
+fn request(c: &mut Criterion) {
+    let config = Config::from_lookup(|k| match k {
+        "IMAGE_MODELS" => Some(r#"[{"name":"azure-image","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"2025-04-01-preview"}]"#.into()),
+        "AZURE_API_KEY_SECRET_ID" => Some("k".into()),
+        _ => None,
+    })
+    .expect("valid configuration");
+    let entry = &config.models[0];
+    let body = br#"{"model":"azure-image","prompt":"A watercolor lighthouse at dawn, seen from the sea","n":2,"size":"1536x1024","quality":"high","background":"opaque","output_format":"png","user":"u-42"}"#;
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("parse_validate_upstream_body", |b| {
+        b.iter(|| {
+            let request = ImageRequest::parse(black_box(body)).expect("valid");
+            request.validate_for(entry.spec).expect("valid");
+            request.upstream_body(entry).len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request, response);
+criterion_main!(benches);

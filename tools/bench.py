@@ -1,0 +1,166 @@
+"""The whole-process benchmark: what the connector adds to a direct call to
+the same Azure stand-in, its memory, its cold start and its package size.
+
+    .venv/bin/python tools/bench.py [--small 200] [--large 20]
+
+Prints one table (BENCHMARKS.md holds a run). Needs a release build
+(`cargo build --release`) and, for the package size, the Lambda zip
+(`cargo lambda build --release --arm64 --output-format zip`); it builds what
+is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stack  # noqa: E402
+from fake_azure import FakeAzure  # noqa: E402
+
+ROOT = stack.ROOT
+BINARY = ROOT / "target" / "release" / "azure-openai-image"
+ZIP = ROOT / "target" / "lambda" / "azure-openai-image" / "bootstrap.zip"
+AZURE_KEY = "bench-azure-key"
+CLIENT_KEY = "bench-client-key"
+
+# (label, prompt, n, size): the stand-in's [large] images do not compress (about 4 MB of base64 at 1024x1024).
+CASES = [
+    ("small (n=1, ~20 KB)", "a lighthouse", 1, "1024x1024"),
+    ("n=1, 4 MB", "[large] a lighthouse", 1, "1024x1024"),
+    ("n=4, 16 MB", "[large] a lighthouse", 4, "1024x1024"),
+]
+
+
+def timed_posts(url: str, path: str, headers: dict, body: bytes, count: int) -> tuple[list[float], int]:
+    """Milliseconds per request on one kept-alive connection, after a warm-up; and the body size."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    times, size = [], 0
+    for i in range(count + 3):
+        started = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status != 200:
+            raise SystemExit(f"{url}{path}: {response.status} {data[:300]!r}")
+        size = len(data)
+        if i >= 3:
+            times.append(elapsed)
+    conn.close()
+    return times, size
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cold_start_ms(env: dict, runs: int = 20) -> float:
+    """Process start to its first `invocation/next` poll, against a stand-in Runtime API that only timestamps it."""
+    results = []
+    for _ in range(runs):
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        run_env = dict(os.environ, **env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}", RUST_LOG="warn")
+        started = time.perf_counter()
+        process = subprocess.Popen([str(BINARY)], env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.settimeout(10)
+        conn, _ = server.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        results.append((time.perf_counter() - started) * 1000)
+        assert b"/invocation/next" in data, data
+        process.kill()
+        process.wait()
+        conn.close()
+        server.close()
+    return statistics.median(results)
+
+
+def ensure_builds() -> None:
+    if not BINARY.exists():
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if not ZIP.exists():
+        env = dict(os.environ, PATH=f"{stack.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        subprocess.run([stack.tool("cargo-lambda"), "lambda", "build", "--release", "--arm64", "--output-format", "zip"], cwd=ROOT, env=env, check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=200, help="requests for the small case")
+    parser.add_argument("--large", type=int, default=20, help="requests for each large case")
+    args = parser.parse_args()
+    ensure_builds()
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    moto = stack.Moto(log_dir).start()
+    azure = FakeAzure(stack.fake_deployments(), [AZURE_KEY]).start()
+    moto.put_secret("azure-key", AZURE_KEY)
+    moto.put_secret("client-keys", json.dumps([CLIENT_KEY]))
+    env = stack.connector_env(moto, stack.image_models(azure.url), "azure-key", CLIENT_API_KEYS_SECRET_ID="client-keys", RUST_LOG="warn")
+    port = stack.free_port()
+    local = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watch = None
+    try:
+        connector_url = f"http://127.0.0.1:{port}"
+        stack.wait_for(f"{connector_url}/health", 30)
+        idle_rss = peak_rss_mib(local.pid)
+        watch = stack.Connector(dict(env, RESPONSE_MODE="stream"), log_dir).start()
+
+        rows = []
+        for label, prompt, n, size in CASES:
+            count = args.small if "small" in label else args.large
+            direct_body = json.dumps({"prompt": prompt, "n": n, "size": size, "model": "gpt-image-1"}).encode()
+            client_body = json.dumps({"model": "azure-image", "prompt": prompt, "n": n, "size": size}).encode()
+            direct, size_bytes = timed_posts(azure.url, "/openai/deployments/gpt-image-1/images/generations?api-version=2025-04-01-preview", {"api-key": AZURE_KEY, "content-type": "application/json"}, direct_body, count)
+            headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"}
+            through, _ = timed_posts(connector_url, "/v1/images/generations", headers, client_body, count)
+            lambda_path, _ = timed_posts(watch.url, "/v1/images/generations", headers, client_body, max(5, count // 4))
+            rows.append((label, size_bytes, direct, through, lambda_path))
+        serving_rss = peak_rss_mib(local.pid)
+
+        print(f"{'case':<20} {'body':>9} {'direct p50':>10} {'p99':>8} {'local p50':>10} {'p99':>8} {'added p50':>10} {'budget':>8} {'watch p50':>10}   (ms)")
+        for label, size_bytes, direct, through, lambda_path in rows:
+            added = pct(through, 50) - pct(direct, 50)
+            budget = 0.5 + 0.5 * size_bytes / 1e6 if size_bytes > 1e6 else 0.5
+            print(f"{label:<20} {size_bytes / 1e6:>7.2f}MB {pct(direct, 50):>10.2f} {pct(direct, 99):>8.2f} {pct(through, 50):>10.2f} {pct(through, 99):>8.2f} {added:>10.2f} {budget:>8.2f} {pct(lambda_path, 50):>10.2f}")
+        largest = max(r[1] for r in rows) / 2**20
+        print(f"\npeak RSS (local listener): idle after init {idle_rss:.1f} MiB; after serving the {largest:.1f} MiB case {serving_rss:.1f} MiB"
+              f" (budget 20 + 2 x {largest:.1f} = {20 + 2 * largest:.1f} MiB)")
+        print(f"cold start (process start to first invocation/next, release build, median of 20): {cold_start_ms(env):.1f} ms")
+        if ZIP.exists():
+            print(f"Lambda package (arm64 zip): {ZIP.stat().st_size / 1e6:.2f} MB")
+        else:
+            print("Lambda package: not built (cargo lambda build --release --arm64 --output-format zip failed)")
+    finally:
+        local.kill()
+        if watch:
+            watch.stop()
+        azure.stop()
+        moto.stop()
+
+
+if __name__ == "__main__":
+    main()
