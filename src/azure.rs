@@ -15,6 +15,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 /// A retry or a fallback starts only with at least this much time left for it.
 pub const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+/// The most reserved up front for a body from its Content-Length.
+const MAX_PREALLOCATION: u64 = 256 * 1024 * 1024;
 /// One attempt's bound when neither a deadline nor `UPSTREAM_TIMEOUT_SECONDS` sets one.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -122,15 +124,24 @@ impl AzureClient {
         timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let attempt = async {
-            let response = self
+            let mut response = self
                 .post(entry, key, body, "application/json")
                 .send()
                 .await
                 .map_err(classify)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(classify)?;
-            Ok(UpstreamResponse { status, headers, body })
+            // One buffer of the announced size: collecting chunks and joining them would hold the body twice.
+            let announced = response.content_length().unwrap_or(0).min(MAX_PREALLOCATION) as usize;
+            let mut body = Vec::with_capacity(announced);
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                body.extend_from_slice(&chunk);
+            }
+            Ok(UpstreamResponse {
+                status,
+                headers,
+                body: Bytes::from(body),
+            })
         };
         tokio::time::timeout(timeout, attempt)
             .await

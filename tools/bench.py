@@ -83,7 +83,8 @@ def cold_start_ms(env: dict, runs: int = 20) -> float:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         port = server.getsockname()[1]
-        run_env = dict(os.environ, **env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}", RUST_LOG="warn")
+        run_env = dict(os.environ, **env)
+        run_env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}", RUST_LOG="warn")
         started = time.perf_counter()
         process = subprocess.Popen([str(BINARY)], env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server.settimeout(10)
