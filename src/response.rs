@@ -101,7 +101,7 @@ pub fn images_response(body: &[u8]) -> Result<ImagesResponse, ApiError> {
     let object: RawObject<'_> = serde_json::from_slice(body).map_err(|_| malformed("is not a JSON object"))?;
     let created = object
         .get("created")
-        .filter(|v| v.get().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|v| v.get().parse::<u64>().is_ok())
         .ok_or_else(|| malformed("has no integer `created`"))?;
     let data = object.get("data").ok_or_else(|| malformed("has no `data`"))?;
     let images: Vec<RawObject<'_>> =
@@ -437,6 +437,8 @@ mod tests {
             "[]",
             r#"{"data":[]}"#,
             r#"{"created":"x","data":[]}"#,
+            r#"{"created":155555555555555555555555555555,"data":[]}"#,
+            r#"{"created":-1,"data":[]}"#,
             r#"{"created":1,"data":{}}"#,
             r#"{"created":1,"data":[{"b64_json":"tru"#,
         ] {
