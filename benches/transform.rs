@@ -1,6 +1,6 @@
 //! The connector's own work on a request and on Azure's answer, per body size:
-//! request parsing and validation, the reshaping of an images response
-//! (base64 copied as raw JSON), and the completed events of a stream.
+//! request parsing and validation, the reshaping of an images response (whole,
+//! and in the pieces a socket brings), and the completed events of a stream.
 //!
 //!     cargo bench --bench transform
 
@@ -8,8 +8,10 @@ use std::hint::black_box;
 
 use azure_openai_image::Config;
 use azure_openai_image::request::ImageRequest;
+use azure_openai_image::reshape::Reshaper;
 use azure_openai_image::response::images_response;
 use azure_openai_image::stream::{Defaults, completed_events};
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// An Azure gpt-image answer of about `size` bytes: four images of base64.
@@ -35,10 +37,32 @@ fn response(c: &mut Criterion) {
     let mut group = c.benchmark_group("images_response");
     group.sample_size(20);
     for (name, size) in SIZES {
-        let body = azure_body(size);
+        let body = Bytes::from(azure_body(size));
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
-            b.iter(|| images_response(black_box(body)).map(|r| r.body.len()))
+            b.iter(|| images_response(black_box(body.clone())).map(|r| r.body.len()))
+        });
+    }
+    group.finish();
+
+    // As the relay sees it: Azure's body in the 64 KiB pieces a socket read brings.
+    let mut group = c.benchmark_group("reshape_64k_chunks");
+    group.sample_size(20);
+    for (name, size) in SIZES {
+        let body = Bytes::from(azure_body(size));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
+            b.iter(|| {
+                let mut reshaper = Reshaper::new();
+                let mut out = 0;
+                for start in (0..body.len()).step_by(64 * 1024) {
+                    let end = (start + 64 * 1024).min(body.len());
+                    reshaper.feed(black_box(body.slice(start..end))).expect("valid");
+                    out += reshaper.take_output().len();
+                }
+                reshaper.finish().expect("whole");
+                out
+            })
         });
     }
     group.finish();

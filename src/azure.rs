@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 
 use crate::config::{ModelEntry, RetrySettings};
-use crate::response::{ImagesResponse, UpstreamError, UpstreamFailure, UpstreamResponse, images_response};
+use crate::reshape::Reshaper;
+use crate::response::{UpstreamError, UpstreamFailure, UpstreamResponse, malformed};
 use crate::secrets::{ApiKey, SecretCache};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -15,8 +17,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 /// A retry or a fallback starts only with at least this much time left for it.
 pub const MIN_ATTEMPT: Duration = Duration::from_secs(2);
-/// The most reserved up front for a body from its Content-Length.
-const MAX_PREALLOCATION: u64 = 256 * 1024 * 1024;
 /// One attempt's bound when neither a deadline nor `UPSTREAM_TIMEOUT_SECONDS` sets one.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -115,38 +115,83 @@ impl AzureClient {
         Ok(Self { http })
     }
 
-    /// POSTs `body` to the entry's generations URL, bounded by `timeout`.
-    pub async fn generate(
+    /// POSTs `body` to the entry's generations URL. Returns once Azure's
+    /// headers are in, by `until`; a failure's body is read whole, a
+    /// success's is left to [`AzureClient::reshape`].
+    async fn send(
         &self,
         entry: &ModelEntry,
         key: &ApiKey,
         body: Bytes,
-        timeout: Duration,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+        until: Instant,
+    ) -> Result<Result<reqwest::Response, UpstreamResponse>, UpstreamError> {
         let attempt = async {
-            let mut response = self
+            let response = self
                 .post(entry, key, body, "application/json")
                 .send()
                 .await
                 .map_err(classify)?;
+            if response.status().is_success() {
+                return Ok(Ok(response));
+            }
             let status = response.status();
             let headers = response.headers().clone();
-            // One buffer of the announced size: collecting chunks and joining them would hold the body twice.
-            let announced = response.content_length().unwrap_or(0).min(MAX_PREALLOCATION) as usize;
-            let mut body = Vec::with_capacity(announced);
-            while let Some(chunk) = response.chunk().await.map_err(classify)? {
-                body.extend_from_slice(&chunk);
-            }
-            Ok(UpstreamResponse {
-                status,
-                headers,
-                body: Bytes::from(body),
-            })
+            let body = response.bytes().await.map_err(classify)?;
+            Ok(Err(UpstreamResponse { status, headers, body }))
         };
-        tokio::time::timeout(timeout, attempt)
+        tokio::time::timeout_at(until.into(), attempt)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
+
+    /// Reads a success body into a reshaper, by `until`. Returns when it has
+    /// all of it, or, with `commit_after`, as soon as the body has shown a
+    /// valid `created` and that many bytes of output wait: the rest is sent
+    /// on as it arrives (see [`crate::relay`]).
+    async fn reshape(
+        response: reqwest::Response,
+        until: Instant,
+        commit_after: Option<usize>,
+    ) -> Result<Success, UpstreamFailure> {
+        let mut body = http::Response::from(response).into_body();
+        let mut reshaper = Reshaper::new();
+        let reading = async {
+            loop {
+                let Some(frame) = body.frame().await else {
+                    reshaper.finish().map_err(|m| UpstreamFailure::fatal(malformed(m)))?;
+                    return Ok::<bool, UpstreamFailure>(false);
+                };
+                let Ok(data) = frame.map_err(|e| UpstreamFailure::from(classify(e)))?.into_data() else {
+                    continue;
+                };
+                reshaper.feed(data).map_err(|m| UpstreamFailure::fatal(malformed(m)))?;
+                if commit_after.is_some_and(|after| reshaper.created().is_some() && reshaper.pending_len() >= after) {
+                    return Ok(true);
+                }
+            }
+        };
+        let more = tokio::time::timeout_at(until.into(), reading)
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::Timeout.into()))?;
+        Ok(Success {
+            reshaper,
+            rest: more.then_some(UpstreamBody { body, until }),
+        })
+    }
+}
+
+/// Azure's answer to a generation, on its way to the client.
+pub struct Success {
+    /// The body read so far, reshaped; all of it when `rest` is `None`.
+    pub reshaper: Reshaper,
+    /// The rest of Azure's body, still arriving.
+    pub rest: Option<UpstreamBody>,
+}
+
+/// The part of a success body not yet read, and when reading it must end.
+pub struct UpstreamBody {
+    pub body: reqwest::Body,
+    pub until: Instant,
 }
 
 impl AzureClient {
@@ -182,15 +227,17 @@ impl AzureClient {
     /// errors up to `max_retries` times, waiting as Azure says or with backoff,
     /// and fetches the key again once after a 401 (rotation). Never starts a
     /// wait or an attempt that cannot finish before the deadline: it answers
-    /// with the last failure instead.
+    /// with the last failure instead. With `commit_after`, a success returns
+    /// as soon as that much of it is ready, the rest still arriving.
     pub async fn generate_with_retries(
         &self,
         entry: &ModelEntry,
         keys: &SecretCache<ApiKey>,
         body: Bytes,
         budget: Budget,
+        commit_after: Option<usize>,
         attempts: &mut Vec<AttemptRecord>,
-    ) -> Result<ImagesResponse, UpstreamFailure> {
+    ) -> Result<Success, UpstreamFailure> {
         let mut key = keys
             .get(&entry.secret_id)
             .await
@@ -204,11 +251,16 @@ impl AzureClient {
                 return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into()));
             };
             let started = Instant::now();
-            let result = self.generate(entry, &key, body.clone(), timeout).await;
-            let answer = result.as_ref().ok().map(|r| (r.status, &r.headers));
+            let until = started + timeout;
+            let result = self.send(entry, &key, body.clone(), until).await;
+            let answer = match &result {
+                Ok(Ok(response)) => Some((response.status(), response.headers())),
+                Ok(Err(failed)) => Some((failed.status, &failed.headers)),
+                Err(_) => None,
+            };
             let mut record = AttemptRecord::new(entry, answer, started, waited);
             let failure = match result {
-                Ok(response) if response.status == StatusCode::UNAUTHORIZED && !rotated => {
+                Ok(Err(response)) if response.status == StatusCode::UNAUTHORIZED && !rotated => {
                     rotated = true;
                     record.outcome = "key_rejected".into();
                     attempts.push(record);
@@ -220,14 +272,16 @@ impl AzureClient {
                     waited = Duration::ZERO;
                     continue;
                 }
-                Ok(response) if response.status.is_success() => match images_response(&response.body) {
-                    Ok(shaped) => {
+                Ok(Ok(response)) => match Self::reshape(response, until, commit_after).await {
+                    Ok(success) => {
+                        // The time to Azure's whole body, or to the point its rest is relayed from.
+                        record.ms = started.elapsed().as_millis() as u64;
                         attempts.push(record);
-                        return Ok(shaped);
+                        return Ok(success);
                     }
-                    Err(error) => UpstreamFailure::fatal(error),
+                    Err(failure) => failure,
                 },
-                Ok(response) => UpstreamFailure::from_response(&response, entry),
+                Ok(Err(response)) => UpstreamFailure::from_response(&response, entry),
                 Err(err) => UpstreamFailure::from(err),
             };
             record.outcome = failure.error.code.as_deref().unwrap_or("error").to_owned();

@@ -9,12 +9,13 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use crate::auth::Caller;
-use crate::azure::{AttemptRecord, Budget};
+use crate::azure::{AttemptRecord, Budget, Success};
 use crate::config::ModelEntry;
 use crate::error::{ApiError, INVALID_REQUEST, printable};
 use crate::handler::{App, Incoming, MAX_BODY_BYTES, Outcome, ResponseBody, check_content_type, ok_json};
+use crate::relay::COMMIT_AFTER;
 use crate::request::ImageRequest;
-use crate::response::{ImagesResponse, UpstreamError};
+use crate::response::UpstreamError;
 use crate::stream::Defaults;
 
 /// A request that passed every check, and the models to try for it.
@@ -53,26 +54,22 @@ pub(crate) async fn generate(
     if plan.request.stream {
         return crate::stream::respond(app, plan, req, outcome).await;
     }
-    let result = run(
-        app,
-        &plan.request,
-        plan.entry,
-        &plan.fallbacks,
-        &plan.caller,
-        req.deadline,
-        &mut outcome,
-    )
-    .await;
-    let response = match result {
-        Ok((shaped, served)) => {
+    // A front door that buffers needs the whole answer anyway; one that
+    // streams gets it while Azure's arrives.
+    let commit_after = req.response_limit.is_none().then_some(COMMIT_AFTER);
+    let result = run(app, &plan, req.deadline, commit_after, &mut outcome).await;
+    match result {
+        Ok((Success { mut reshaper, rest }, served)) => {
             outcome.served = Some(served.name.clone());
-            outcome.images = Some(shaped.images);
-            outcome.usage = shaped.usage;
-            ok_json(shaped.body)
+            if let Some(rest) = rest {
+                return crate::relay::respond(app, reshaper, rest, outcome);
+            }
+            outcome.images = Some(reshaper.images());
+            outcome.usage = reshaper.usage();
+            app.finish(ok_json(reshaper.take_output()), &outcome, req.response_limit)
         }
-        Err(err) => app.error_response(&err, &outcome),
-    };
-    app.finish(response, &outcome, req.response_limit)
+        Err(err) => app.finish(app.error_response(&err, &outcome), &outcome, req.response_limit),
+    }
 }
 
 /// Everything decided before Azure is called.
@@ -176,22 +173,27 @@ fn check<'a>(
 /// The model asked for, then each fallback while the last failure was one a
 /// fallback can help with (retryable after its retries, or a missing
 /// deployment). When all fail, the primary's error, listing the attempts.
+/// `commit_after`: see [`crate::azure::AzureClient::generate_with_retries`].
 pub(crate) async fn run<'a>(
     app: &'a App,
-    request: &ImageRequest,
-    primary: &'a ModelEntry,
-    fallbacks: &[&'a ModelEntry],
-    caller: &Caller,
+    plan: &Plan<'a>,
     deadline: Option<Instant>,
+    commit_after: Option<usize>,
     outcome: &mut Outcome,
-) -> Result<(ImagesResponse, &'a ModelEntry), ApiError> {
+) -> Result<(Success, &'a ModelEntry), ApiError> {
+    let Plan {
+        request,
+        entry: primary,
+        fallbacks,
+        caller,
+    } = plan;
     let budget = Budget {
         deadline,
         retry: app.config.retry,
     };
     let mut primary_error: Option<ApiError> = None;
     let mut skipped: Vec<String> = Vec::new();
-    for (i, entry) in std::iter::once(primary).chain(fallbacks.iter().copied()).enumerate() {
+    for (i, entry) in std::iter::once(*primary).chain(fallbacks.iter().copied()).enumerate() {
         if i > 0 {
             // A model's configured fallbacks were not checked up front: report, never drop, what they cannot take.
             if !caller.may_use(&entry.name) {
@@ -211,7 +213,14 @@ pub(crate) async fn run<'a>(
         let body = Bytes::from(request.upstream_body(entry));
         let result = app
             .azure
-            .generate_with_retries(entry, &app.azure_keys, body, budget, &mut outcome.attempts)
+            .generate_with_retries(
+                entry,
+                &app.azure_keys,
+                body,
+                budget,
+                commit_after,
+                &mut outcome.attempts,
+            )
             .await;
         match result {
             Ok(shaped) => return Ok((shaped, entry)),

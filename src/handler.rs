@@ -2,8 +2,7 @@
 //! out. Front-door adapters (`lambda`, `local`) turn their requests into
 //! [`Incoming`] and the answer back.
 
-use std::collections::HashSet;
-use std::convert::Infallible;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,6 +18,7 @@ use crate::azure::{AttemptRecord, AzureClient};
 use crate::config::{AuthMode, Config};
 use crate::error::{ApiError, ErrorContext};
 use crate::observe::{MetricsSink, RequestRecord};
+use crate::relay::Relay;
 use crate::response::Usage;
 use crate::secrets::{ApiKey, SecretCache, SecretSource};
 
@@ -41,57 +41,92 @@ pub struct Incoming {
     pub response_limit: Option<usize>,
 }
 
-/// A response body: whole, or events sent on as they are produced.
+/// A response body: whole, events sent on as they are produced, or a
+/// success body sent on while Azure's is still arriving.
 #[derive(Debug)]
 pub enum ResponseBody {
-    Full(Option<Bytes>),
+    /// A whole body, in pieces.
+    Full(VecDeque<Bytes>),
     Events(mpsc::Receiver<Bytes>),
+    Relay(Box<Relay>),
+}
+
+/// Why a body stopped before its end. The front door must not let the client
+/// take it for whole: the local server drops the connection, a streamed Lambda
+/// answer ends with the Runtime API's error trailers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the answer broke off: {code}")]
+pub struct Aborted {
+    /// The error code of the log line.
+    pub code: &'static str,
 }
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Some(bytes.into()))
+        Self::Full(VecDeque::from([bytes.into()]))
     }
 
-    /// The whole body, once a stream has ended.
-    pub async fn collect(self) -> Bytes {
+    /// Bytes in a whole body; `None` for one still being produced.
+    pub fn known_len(&self) -> Option<usize> {
         match self {
-            Self::Full(bytes) => bytes.unwrap_or_default(),
-            Self::Events(mut events) => {
-                let mut all = Vec::new();
-                while let Some(chunk) = events.recv().await {
-                    all.extend_from_slice(&chunk);
-                }
-                Bytes::from(all)
+            Self::Full(chunks) => Some(chunks.iter().map(Bytes::len).sum()),
+            Self::Events(_) | Self::Relay(_) => None,
+        }
+    }
+
+    /// The whole body, once a stream has ended; up to the break when it broke
+    /// off (the relay logs why).
+    pub async fn collect(mut self) -> Vec<Bytes> {
+        use http_body_util::BodyExt;
+        let mut chunks = Vec::new();
+        while let Some(Ok(frame)) = self.frame().await {
+            if let Ok(data) = frame.into_data() {
+                chunks.push(data);
             }
         }
+        chunks
+    }
+}
+
+impl From<Vec<u8>> for ResponseBody {
+    fn from(body: Vec<u8>) -> Self {
+        Self::full(body)
+    }
+}
+
+impl From<Vec<Bytes>> for ResponseBody {
+    fn from(chunks: Vec<Bytes>) -> Self {
+        Self::Full(chunks.into_iter().filter(|c| !c.is_empty()).collect())
     }
 }
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Aborted;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Aborted>>> {
         match self.get_mut() {
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b)))),
+            Self::Full(chunks) => Poll::Ready(chunks.pop_front().map(|b| Ok(http_body::Frame::data(b)))),
             Self::Events(events) => events
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b)))),
+            Self::Relay(relay) => relay
+                .poll_chunk(cx)
+                .map(|next| next.map(|r| r.map(http_body::Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Self::Full(None))
+        matches!(self, Self::Full(chunks) if chunks.is_empty())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::Full(bytes) => http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Events(_) => http_body::SizeHint::default(),
+        match self.known_len() {
+            Some(len) => http_body::SizeHint::with_exact(len as u64),
+            None => http_body::SizeHint::default(),
         }
     }
 }
@@ -284,32 +319,36 @@ impl App {
     /// The same, whole: what a buffered front door sends, and what tests read.
     pub async fn handle(self: &Arc<Self>, req: Incoming) -> Response<Vec<u8>> {
         let (parts, body) = self.respond(req).await.into_parts();
-        Response::from_parts(parts, body.collect().await.to_vec())
+        Response::from_parts(parts, crate::response::concat(&body.collect().await))
     }
 
     /// A whole answer on its way out: the headers every answer carries, the
     /// front door's size limit, the log line and the metrics.
     pub(crate) fn finish(
         &self,
-        mut response: Response<Vec<u8>>,
+        response: Response<impl Into<ResponseBody>>,
         outcome: &Outcome,
         limit: Option<usize>,
     ) -> Response<ResponseBody> {
-        if let Some(limit) = limit.filter(|limit| response.body().len() > *limit) {
-            response = self.error_response(&response_too_large(response.body().len(), limit), outcome);
+        let mut response = response.map(Into::into);
+        let len = response.body().known_len().unwrap_or(0);
+        if let Some(limit) = limit.filter(|limit| len > *limit) {
+            response = self
+                .error_response(&response_too_large(len, limit), outcome)
+                .map(Into::into);
         }
         self.stamp(response.headers_mut(), outcome);
         if outcome.method == Method::HEAD {
-            response.body_mut().clear();
+            *response.body_mut() = ResponseBody::Full(VecDeque::new());
         }
         let code = response.extensions().get::<ErrorCode>().map(|c| c.0.clone());
         self.record(
             outcome,
             response.status().as_u16(),
             code.as_deref(),
-            response.body().len(),
+            response.body().known_len().unwrap_or(0),
         );
-        response.map(ResponseBody::full)
+        response
     }
 
     /// `x-request-id` on every answer; Azure's request id when Azure answered.
@@ -442,7 +481,7 @@ pub(crate) fn response_too_large(size: usize, limit: usize) -> ApiError {
 #[derive(Clone)]
 struct ErrorCode(String);
 
-pub(crate) fn ok_json(body: Vec<u8>) -> Response<Vec<u8>> {
+pub(crate) fn ok_json<B>(body: B) -> Response<B> {
     let mut response = Response::new(body);
     response
         .headers_mut()

@@ -58,12 +58,11 @@ fn route_path(event: &Request) -> String {
         lambda_http::request::RequestContext::ApiGatewayV2(c) => c.stage.clone(),
         _ => None,
     });
-    if let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default") {
-        if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(stage.as_str())) {
-            if rest.starts_with('/') {
-                return rest.to_owned();
-            }
-        }
+    if let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default")
+        && let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(stage.as_str()))
+        && rest.starts_with('/')
+    {
+        return rest.to_owned();
     }
     path.to_owned()
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod models;
 pub mod request;
+pub mod reshape;
 pub mod response;
 
 #[cfg(feature = "runtime")]
@@ -28,6 +29,8 @@ pub mod lambda;
 pub mod local;
 #[cfg(feature = "runtime")]
 pub mod observe;
+#[cfg(feature = "runtime")]
+pub mod relay;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "runtime")]

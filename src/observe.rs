@@ -172,7 +172,8 @@ impl RequestRecord<'_> {
             metric("OutputTokens", "Count", usage.output_tokens);
         }
         let mut directives = vec![json!({"Namespace": namespace, "Dimensions": [["Model"]], "Metrics": metrics})];
-        if self.status >= 400 {
+        // A 200 fails too when its body breaks off after the start, or a stream ends in an error event.
+        if self.status >= 400 || self.error_code.is_some() {
             let code = self.error_code.filter(|c| !c.is_empty()).unwrap_or("unknown");
             directives.push(json!({
                 "Namespace": namespace,

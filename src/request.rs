@@ -77,10 +77,10 @@ impl ImageRequest {
             "output_format",
             "moderation",
         ] {
-            if let Some(v) = fields.get(field) {
-                if !v.is_string() {
-                    return Err(wrong_type(field, "a string", v));
-                }
+            if let Some(v) = fields.get(field)
+                && !v.is_string()
+            {
+                return Err(wrong_type(field, "a string", v));
             }
         }
         let n = integer(&fields, "n", 1, 10)?.unwrap_or(1);
@@ -119,17 +119,17 @@ impl ImageRequest {
 
     /// The checks of one model family (the `models` table).
     pub fn validate_for(&self, spec: &ModelSpec) -> Result<(), ApiError> {
-        if let Some(max) = spec.max_prompt_chars {
-            if self.prompt_chars > max {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    "string_above_max_length",
-                    format!(
-                        "Invalid 'prompt': string too long. Expected a string with maximum length {max} for {}, but got a string with length {}.",
-                        spec.family, self.prompt_chars
-                    ),
-                ));
-            }
+        if let Some(max) = spec.max_prompt_chars
+            && self.prompt_chars > max
+        {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "string_above_max_length",
+                format!(
+                    "Invalid 'prompt': string too long. Expected a string with maximum length {max} for {}, but got a string with length {}.",
+                    spec.family, self.prompt_chars
+                ),
+            ));
         }
         if self.n > spec.max_n {
             let message = if spec.max_n == 1 {

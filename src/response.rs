@@ -1,6 +1,6 @@
-//! What Azure answered, in OpenAI's words: a success body reshaped with its
-//! base64 image data passed through as raw JSON, or an upstream failure mapped
-//! to the status and error the client should see.
+//! What Azure answered, in OpenAI's words: a success body reshaped (see
+//! [`crate::reshape`]) with its base64 image data passed through as raw JSON,
+//! or an upstream failure mapped to the status and error the client should see.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::config::ModelEntry;
 use crate::error::{ApiError, INVALID_REQUEST, SERVER_ERROR};
+use crate::reshape::{Malformed, Reshaper};
 
 /// What Azure answered, before any interpretation.
 #[derive(Debug)]
@@ -64,12 +65,29 @@ impl<'a> RawObject<'a> {
     }
 }
 
-/// A success body in OpenAI format, and what the logs want to know of it.
+/// A whole success body in OpenAI format, and what the logs want to know of it.
 #[derive(Debug)]
 pub struct ImagesResponse {
-    pub body: Vec<u8>,
+    /// The body in pieces: slices of Azure's, with each image's `index` between them.
+    pub body: Vec<Bytes>,
     pub images: usize,
     pub usage: Option<Usage>,
+}
+
+impl ImagesResponse {
+    /// The body in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        concat(&self.body)
+    }
+}
+
+/// Chunks in one buffer.
+pub fn concat(chunks: &[Bytes]) -> Vec<u8> {
+    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        all.extend_from_slice(chunk);
+    }
+    all
 }
 
 /// Token usage as gpt-image models report it (`ImagesUsage`); dall-e-3 reports none.
@@ -93,74 +111,23 @@ pub struct UsageDetails {
     pub image_tokens: u64,
 }
 
-/// Reshapes Azure's 200 body as OpenAI's `ImagesResponse`: `created` and
-/// `data` (each image with its `index`) first, then every other field Azure
-/// sent (`background`, `output_format`, `quality`, `size`, `usage`, filter
-/// results), all copied as raw JSON.
-pub fn images_response(body: &[u8]) -> Result<ImagesResponse, ApiError> {
-    let object: RawObject<'_> = serde_json::from_slice(body).map_err(|_| malformed("is not a JSON object"))?;
-    let created = object
-        .get("created")
-        .filter(|v| v.get().parse::<u64>().is_ok())
-        .ok_or_else(|| malformed("has no integer `created`"))?;
-    let data = object.get("data").ok_or_else(|| malformed("has no `data`"))?;
-    let images: Vec<RawObject<'_>> =
-        serde_json::from_str(data.get()).map_err(|_| malformed("has a `data` that is not a list of images"))?;
-
-    let mut out = Vec::with_capacity(body.len() + 64 + images.len() * 16);
-    out.extend_from_slice(b"{\"created\":");
-    out.extend_from_slice(created.get().as_bytes());
-    out.extend_from_slice(b",\"data\":[");
-    for (index, image) in images.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        out.push(b'{');
-        write_fields(&mut out, image.0.iter().map(|(k, v)| (k.as_str(), *v)));
-        if image.get("index").is_none() {
-            if !image.0.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(format!("\"index\":{index}").as_bytes());
-        }
-        out.push(b'}');
-    }
-    out.push(b']');
-    let rest: Vec<(&str, &RawValue)> = object
-        .0
-        .iter()
-        .filter(|(k, _)| k != "created" && k != "data")
-        .map(|(k, v)| (k.as_str(), *v))
-        .collect();
-    if !rest.is_empty() {
-        out.push(b',');
-        write_fields(&mut out, rest.into_iter());
-    }
-    out.push(b'}');
-    // A small object: parsed for the logs, while the body keeps Azure's text.
-    let usage = object.get("usage").and_then(|raw| serde_json::from_str(raw.get()).ok());
+/// Reshapes a whole Azure 200 body as OpenAI's `ImagesResponse`: every field
+/// as Azure wrote it, and each image with its `index` (see [`Reshaper`]).
+pub fn images_response(body: Bytes) -> Result<ImagesResponse, ApiError> {
+    let mut reshaper = Reshaper::new();
+    reshaper
+        .feed(body)
+        .and_then(|()| reshaper.finish())
+        .map_err(malformed)?;
     Ok(ImagesResponse {
-        body: out,
-        images: images.len(),
-        usage,
+        body: reshaper.take_output(),
+        images: reshaper.images(),
+        usage: reshaper.usage(),
     })
 }
 
-fn write_fields<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'a RawValue)>) {
-    for (i, (key, value)) in fields.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        // A key re-escaped from its parsed form: always valid JSON.
-        if serde_json::to_writer(&mut *out, key).is_err() {
-            out.extend_from_slice(b"\"\"");
-        }
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-}
-
-fn malformed(what: &str) -> ApiError {
+/// 502 for a success body that is not an images response.
+pub fn malformed(what: Malformed) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         SERVER_ERROR,
@@ -399,9 +366,9 @@ mod tests {
     #[test]
     fn success_adds_indexes_and_keeps_every_field_in_place() {
         let azure = r#"{"created":1698342300,"data":[{"b64_json":"aGVsbG8=","revised_prompt":"r","content_filter_results":{"hate":{"filtered":false}}},{"b64_json":"d29ybGQ="}],"background":"opaque","output_format":"png","quality":"high","size":"1024x1024","usage":{"total_tokens":100,"input_tokens":50,"output_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40}}}"#;
-        let shaped = images_response(azure.as_bytes()).expect("shaped");
+        let shaped = images_response(Bytes::from_static(azure.as_bytes())).expect("shaped");
         assert_eq!(shaped.images, 2);
-        let v: Value = serde_json::from_slice(&shaped.body).expect("valid JSON");
+        let v: Value = serde_json::from_slice(&shaped.to_vec()).expect("valid JSON");
         assert_eq!(v["created"], 1698342300);
         assert_eq!(v["data"][0]["b64_json"], "aGVsbG8=");
         assert_eq!(v["data"][0]["index"], 0);
@@ -422,9 +389,9 @@ mod tests {
     fn base64_bytes_are_copied_verbatim() {
         // Escaped slashes stay as Azure wrote them: no re-encoding on the way through.
         let azure = r#"{"created":1,"data":[{"b64_json":"ab\/cd+=="}]}"#;
-        let shaped = images_response(azure.as_bytes()).expect("shaped");
+        let shaped = images_response(Bytes::from_static(azure.as_bytes())).expect("shaped");
         assert_eq!(
-            std::str::from_utf8(&shaped.body).expect("utf8"),
+            std::str::from_utf8(&shaped.to_vec()).expect("utf8"),
             r#"{"created":1,"data":[{"b64_json":"ab\/cd+==","index":0}]}"#
         );
     }
@@ -442,7 +409,7 @@ mod tests {
             r#"{"created":1,"data":{}}"#,
             r#"{"created":1,"data":[{"b64_json":"tru"#,
         ] {
-            let err = images_response(body.as_bytes()).expect_err(body);
+            let err = images_response(Bytes::from_static(body.as_bytes())).expect_err(body);
             assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{body}");
         }
     }

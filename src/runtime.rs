@@ -29,7 +29,9 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::config::ResponseMode;
-use crate::handler::{App, ResponseBody};
+use crate::handler::{Aborted, App, ResponseBody};
+use crate::reshape::{escape_into, is_utf8};
+use crate::response::concat;
 
 /// A buffered Lambda response holds at most this many bytes (6 MB).
 pub const BUFFERED_LIMIT: usize = 6 * 1024 * 1024;
@@ -146,8 +148,9 @@ fn context(
 }
 
 /// The JSON a buffered front door expects: API Gateway's proxy response
-/// (REST and HTTP API, Function URLs read the same fields).
-pub fn buffered_payload(status: StatusCode, headers: &HeaderMap, body: &[u8], rest_api: bool) -> Vec<u8> {
+/// (REST and HTTP API, Function URLs read the same fields). The body's pieces
+/// are escaped into it one by one, never joined first.
+pub fn buffered_payload(status: StatusCode, headers: &HeaderMap, body: &[Bytes], rest_api: bool) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Proxy<'a> {
@@ -155,13 +158,11 @@ pub fn buffered_payload(status: StatusCode, headers: &HeaderMap, body: &[u8], re
         headers: BTreeMap<&'a str, String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         multi_value_headers: Option<BTreeMap<&'a str, Vec<&'a str>>>,
-        body: &'a str,
         is_base64_encoded: bool,
         /// v2 (HTTP API, Function URL) responses carry it, even empty: strict readers require it.
         #[serde(skip_serializing_if = "Option::is_none")]
         cookies: Option<[&'a str; 0]>,
     }
-    let text = String::from_utf8_lossy(body);
     let proxy = Proxy {
         status_code: status.as_u16(),
         headers: single_values(headers),
@@ -174,11 +175,24 @@ pub fn buffered_payload(status: StatusCode, headers: &HeaderMap, body: &[u8], re
             }
             all
         }),
-        body: &text,
         is_base64_encoded: false,
         cookies: (!rest_api).then_some([]),
     };
-    serde_json::to_vec(&proxy).unwrap_or_default()
+    let mut payload = serde_json::to_vec(&proxy).unwrap_or_else(|_| b"{}".to_vec());
+    let size: usize = body.iter().map(Bytes::len).sum();
+    payload.reserve(size + size / 64 + 16);
+    // The object's closing brace makes way for the body.
+    payload.pop();
+    payload.extend_from_slice(b",\"body\":\"");
+    if is_utf8(body) {
+        for chunk in body {
+            escape_into(&mut payload, chunk);
+        }
+    } else {
+        escape_into(&mut payload, String::from_utf8_lossy(&concat(body)).as_bytes());
+    }
+    payload.extend_from_slice(b"\"}");
+    payload
 }
 
 fn single_values(headers: &HeaderMap) -> BTreeMap<&str, String> {
@@ -221,11 +235,34 @@ pub fn stream_prelude(status: StatusCode, headers: &HeaderMap) -> Bytes {
 
 /// A streamed answer as the Runtime API takes it: the prelude, its end, then
 /// the body as the app produces it. Frames that are ready together go out in
-/// one write.
+/// one write. A body that breaks off ends with the error trailers, which tell
+/// Lambda the answer is not whole.
 struct StreamedAnswer {
     prelude: Option<Bytes>,
     prelude_end: bool,
     body: ResponseBody,
+    ended: bool,
+}
+
+/// The trailers a streamed answer declares, to report a failure after its start.
+const ERROR_TYPE: &str = "lambda-runtime-function-error-type";
+const ERROR_BODY: &str = "lambda-runtime-function-error-body";
+
+/// The trailers for an answer that broke off: the error's type, and its
+/// report as base64 JSON.
+fn error_trailers(aborted: &Aborted) -> HeaderMap {
+    use base64::Engine;
+    let report = serde_json::json!({
+        "errorType": "Connector.AnswerBrokeOff",
+        "errorMessage": aborted.to_string(),
+    });
+    let encoded = base64::engine::general_purpose::STANDARD.encode(report.to_string());
+    let mut trailers = HeaderMap::new();
+    trailers.insert(ERROR_TYPE, http::HeaderValue::from_static("Connector.AnswerBrokeOff"));
+    if let Ok(value) = http::HeaderValue::from_str(&encoded) {
+        trailers.insert(ERROR_BODY, value);
+    }
+    trailers
 }
 
 /// What the client posts: a whole payload, or a streamed answer.
@@ -249,7 +286,17 @@ impl Body for Outgoing {
                     answer.prelude_end = true;
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PRELUDE_END)))));
                 }
-                Pin::new(&mut answer.body).poll_frame(cx)
+                if answer.ended {
+                    return Poll::Ready(None);
+                }
+                Pin::new(&mut answer.body).poll_frame(cx).map(|frame| match frame {
+                    Some(Err(aborted)) => {
+                        answer.ended = true;
+                        Some(Ok(Frame::trailers(error_trailers(&aborted))))
+                    }
+                    Some(Ok(frame)) => Some(Ok(frame)),
+                    None => None,
+                })
             }
         }
     }
@@ -375,6 +422,7 @@ impl RuntimeClient {
             prelude: Some(stream_prelude(parts.status, &headers)),
             prelude_end: false,
             body,
+            ended: false,
         };
         let path = format!("/invocation/{request_id}/response");
         let mut request = self.request(Method::POST, &path, Outgoing::Streamed(answer))?;
@@ -386,6 +434,10 @@ impl RuntimeClient {
         h.insert(
             http::header::TRANSFER_ENCODING,
             http::HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            http::header::TRAILER,
+            http::HeaderValue::from_static("Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body"),
         );
         h.insert(
             http::header::CONTENT_TYPE,
@@ -463,14 +515,20 @@ mod tests {
     fn buffered_payloads_are_proxy_responses() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().expect("header"));
-        let payload = buffered_payload(StatusCode::CREATED, &headers, br#"{"a":"b"}"#, true);
+        let body = [Bytes::from_static(br#"{"a":"#), Bytes::from_static(br#""b\u00e9\n"}"#)];
+        let payload = buffered_payload(StatusCode::CREATED, &headers, &body, true);
         let value: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
         assert_eq!(value["statusCode"], 201);
-        assert_eq!(value["body"], r#"{"a":"b"}"#);
+        assert_eq!(value["body"], r#"{"a":"b\u00e9\n"}"#);
         assert_eq!(value["isBase64Encoded"], false);
         assert_eq!(value["multiValueHeaders"]["content-type"][0], "application/json");
-        let v2: serde_json::Value =
-            serde_json::from_slice(&buffered_payload(StatusCode::OK, &headers, b"{}", false)).expect("JSON");
+        let v2: serde_json::Value = serde_json::from_slice(&buffered_payload(
+            StatusCode::OK,
+            &headers,
+            &[Bytes::from_static(b"{}")],
+            false,
+        ))
+        .expect("JSON");
         assert_eq!(v2["cookies"], serde_json::json!([]));
         assert!(v2.get("multiValueHeaders").is_none());
     }

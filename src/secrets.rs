@@ -210,10 +210,10 @@ impl<T: Send + Sync + 'static> SecretCache<T> {
         let slot = self.slot(secret_id);
         let mut slot = slot.lock().await;
         let now = Instant::now();
-        if let (Some(value), Some(until)) = (&slot.value, slot.fresh_until) {
-            if now < until {
-                return Ok(value.clone());
-            }
+        if let (Some(value), Some(until)) = (&slot.value, slot.fresh_until)
+            && now < until
+        {
+            return Ok(value.clone());
         }
         match self.fetch(secret_id).await {
             Ok(value) => {
@@ -241,10 +241,10 @@ impl<T: Send + Sync + 'static> SecretCache<T> {
     {
         let slot = self.slot(secret_id);
         let mut slot = slot.lock().await;
-        if let Some(current) = &slot.value {
-            if current.as_ref() != rejected {
-                return Ok(current.clone());
-            }
+        if let Some(current) = &slot.value
+            && current.as_ref() != rejected
+        {
+            return Ok(current.clone());
         }
         let value = self.fetch(secret_id).await?;
         slot.value = Some(value.clone());

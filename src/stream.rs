@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::azure::{AttemptRecord, Budget};
+use crate::azure::{AttemptRecord, Budget, Success};
 use crate::error::{ApiError, ErrorContext};
 use crate::generation::{Plan, run};
 use crate::handler::{App, Incoming, Outcome, ResponseBody};
@@ -213,21 +213,14 @@ pub(crate) async fn respond(
             }
         }
     }
-    let result = run(
-        app,
-        &plan.request,
-        entry,
-        &plan.fallbacks,
-        &plan.caller,
-        req.deadline,
-        &mut outcome,
-    )
-    .await;
+    let result = run(app, &plan, req.deadline, None, &mut outcome).await;
     match result {
-        Ok((shaped, served)) => {
+        Ok((Success { mut reshaper, .. }, served)) => {
             outcome.served = Some(served.name.clone());
-            outcome.usage = shaped.usage;
-            whole(app, &shaped.body, &plan, req, outcome)
+            outcome.usage = reshaper.usage();
+            // One buffer for the events to borrow from; the pieces go before the events are made.
+            let body = crate::response::concat(&reshaper.take_output());
+            whole(app, &body, &plan, req, outcome)
         }
         Err(err) => app.finish(app.error_response(&err, &outcome), &outcome, req.response_limit),
     }

@@ -194,6 +194,48 @@ async fn an_upstream_failure_logs_and_counts_its_code() {
 }
 
 #[tokio::test]
+async fn an_answer_that_breaks_off_logs_its_code_and_counts_an_error() {
+    let fake = FakeAzure::start(|_, _| {
+        let head = format!(
+            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
+            b64_of_len(200_000)
+        );
+        Canned::in_parts(vec![
+            Part::Data(head.into_bytes()),
+            Part::Pause(std::time::Duration::from_millis(200)),
+            Part::Break,
+        ])
+    })
+    .await;
+    let (log, emf, status, _) = observe(config_for(&fake), post(GEN, &body("azure-image", ""))).await;
+    assert_eq!(status, 200, "the status went out before the break");
+    assert_eq!(log["error_code"], "upstream_unreachable");
+    assert!(log["bytes_out"].as_u64().is_some_and(|b| b > 64 * 1024), "{log}");
+    assert_eq!(emf["Errors"], 1);
+    assert_eq!(emf["ErrorCode"], "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn a_large_answer_is_logged_when_its_last_byte_is_out() {
+    let fake = FakeAzure::start(|_, _| {
+        let body = format!(
+            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"}},{{"b64_json":"QUJD"}}],"usage":{{"total_tokens":9,"input_tokens":4,"output_tokens":5}}}}"#,
+            b64_of_len(200_000)
+        );
+        Canned::json(200, &body)
+    })
+    .await;
+    let (log, emf, status, _) = observe(config_for(&fake), post(GEN, &body("azure-image", ""))).await;
+    assert_eq!(status, 200);
+    assert_eq!(log["images"], 2);
+    assert_eq!(log["output_tokens"], 5);
+    assert!(log["bytes_out"].as_u64().is_some_and(|b| b > 200_000), "{log}");
+    assert!(log.get("error_code").is_none_or(Value::is_null), "{log}");
+    assert_eq!(emf["Images"], 2);
+    assert!(emf.get("Errors").is_none());
+}
+
+#[tokio::test]
 async fn responses_carry_the_request_id_and_azures_request_id() {
     let fake = FakeAzure::healthy().await;
     let test = app_for(&fake);

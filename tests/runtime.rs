@@ -23,6 +23,7 @@ struct Posted {
     path: String,
     headers: http::HeaderMap,
     body: Bytes,
+    trailers: Option<http::HeaderMap>,
 }
 
 /// A Runtime API that hands out `events` once each and records the answers.
@@ -64,11 +65,18 @@ async fn runtime_api(events: Vec<(&'static str, String)>) -> (String, Arc<Mutex<
                             return Ok::<_, Infallible>(response);
                         }
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let (body, trailers) = match body.collect().await {
+                            Ok(collected) => {
+                                let trailers = collected.trailers().cloned();
+                                (collected.to_bytes(), trailers)
+                            }
+                            Err(_) => (Bytes::new(), None),
+                        };
                         log.lock().expect("lock").push(Posted {
                             path,
                             headers: parts.headers,
                             body,
+                            trailers,
                         });
                         Ok(hyper::Response::builder()
                             .status(202)
@@ -208,5 +216,56 @@ async fn an_event_that_is_not_http_is_reported_as_an_invocation_error() {
     assert_eq!(
         answers[1].path, "/2018-06-01/runtime/invocation/inv-7/response",
         "the loop goes on"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_answer_that_breaks_off_ends_with_the_error_trailers() {
+    let fake = FakeAzure::start(|_, _| {
+        let head = format!(
+            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
+            b64_of_len(200_000)
+        );
+        Canned::in_parts(vec![
+            Part::Data(head.into_bytes()),
+            Part::Pause(std::time::Duration::from_millis(200)),
+            Part::Break,
+        ])
+    })
+    .await;
+    let test = app_for(&fake);
+    let answers = serve(
+        &test,
+        vec![
+            ("inv-1", event("function-url-generation.json")),
+            ("inv-2", event("function-url-generation.json")),
+        ],
+    )
+    .await;
+    assert_eq!(answers.len(), 2, "the loop goes on after a broken answer");
+    let answer = &answers[0];
+    assert!(
+        answer.headers["trailer"]
+            .to_str()
+            .is_ok_and(|t| t.contains("Lambda-Runtime-Function-Error-Type"))
+    );
+    let (prelude, body) = split_stream(&answer.body);
+    assert_eq!(prelude["statusCode"], 200);
+    assert!(body.len() > 64 * 1024, "the part before the break went out");
+    let trailers = answer.trailers.as_ref().expect("trailers after the body");
+    assert_eq!(
+        trailers["lambda-runtime-function-error-type"],
+        "Connector.AnswerBrokeOff"
+    );
+    use base64::Engine;
+    let report = base64::engine::general_purpose::STANDARD
+        .decode(trailers["lambda-runtime-function-error-body"].as_bytes())
+        .expect("base64");
+    let report: Value = serde_json::from_slice(&report).expect("a JSON report");
+    assert_eq!(report["errorType"], "Connector.AnswerBrokeOff");
+    assert!(
+        report["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("upstream_unreachable"))
     );
 }

@@ -15,7 +15,7 @@ use azure_openai_image::handler::{App, Incoming};
 use azure_openai_image::secrets::{SecretError, SecretFuture, SecretSource};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -47,6 +47,17 @@ pub struct Canned {
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// The body sent in parts instead (chunked), with pauses or a break.
+    pub parts: Option<Vec<Part>>,
+}
+
+/// A step of a body sent in parts.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Data(Vec<u8>),
+    Pause(Duration),
+    /// The connection breaks: the body never ends.
+    Break,
 }
 
 impl Canned {
@@ -56,6 +67,15 @@ impl Canned {
             headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            parts: None,
+        }
+    }
+
+    /// A 200 whose body comes in `parts`.
+    pub fn in_parts(parts: Vec<Part>) -> Self {
+        Self {
+            parts: Some(parts),
+            ..Self::json(200, "")
         }
     }
 
@@ -121,7 +141,8 @@ impl FakeAzure {
                             for (k, v) in canned.headers {
                                 response = response.header(k, v);
                             }
-                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(canned.body))).expect("response"))
+                            let parts = canned.parts.unwrap_or_else(|| vec![Part::Data(canned.body)]);
+                            Ok::<_, Infallible>(response.body(PartsBody::send(parts)).expect("response"))
                         }
                     });
                     let _ = http1::Builder::new()
@@ -154,6 +175,46 @@ impl FakeAzure {
 impl Drop for FakeAzure {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A body that plays its parts from a task of its own.
+pub struct PartsBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl PartsBody {
+    pub fn send(parts: Vec<Part>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for part in parts {
+                match part {
+                    Part::Data(data) => {
+                        if tx.send(Ok(Bytes::from(data))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Part::Pause(pause) => tokio::time::sleep(pause).await,
+                    Part::Break => {
+                        let _ = tx.send(Err(std::io::Error::other("the stand-in breaks off"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Self(rx)
+    }
+}
+
+impl http_body::Body for PartsBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|part| part.map(|r| r.map(http_body::Frame::data)))
     }
 }
 

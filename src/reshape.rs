@@ -1,0 +1,743 @@
+//! Azure's images response turned into OpenAI's while it arrives.
+//!
+//! The two bodies differ by one thing: OpenAI's images carry an `index`, which
+//! Azure's may lack. So the [`Reshaper`] passes Azure's bytes on as slices of
+//! the chunks they came in (base64 images are never copied, parsed or
+//! re-encoded) and inserts `,"index":N` before each image's closing brace.
+//!
+//! It is also a strict JSON validator, one byte at a time except inside
+//! strings, where a word-at-a-time scan skips over image data. It checks what
+//! the connector promises of a success body: a JSON object with an integer
+//! `created` and a `data` list of image objects. On the way it counts the
+//! images and keeps `usage` for the logs.
+//!
+//! Chunk boundaries may fall anywhere, even inside a UTF-8 character or an
+//! escape: the output is the same bytes for any split of the same input.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::response::Usage;
+
+/// Why Azure's 200 body is not an images response: what the body "…".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("is not a JSON object")]
+    NotJson,
+    #[error("has no integer `created`")]
+    Created,
+    #[error("has no `data`")]
+    NoData,
+    #[error("has a `data` that is not a list of images")]
+    Data,
+}
+
+/// What the next token may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Any value: the whole body, or after `:` or `,` in a list.
+    Value,
+    /// A value or `]`: just after `[`.
+    ValueOrEnd,
+    /// A key or `}`: just after `{`.
+    KeyOrEnd,
+    /// A key: after `,` in an object.
+    Key,
+    Colon,
+    CommaOrEnd,
+    /// Only whitespace: the body's object is closed.
+    Eof,
+}
+
+/// What a value is to the reshaper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The body: must be an object.
+    Body,
+    /// `created`: must be a u64.
+    Created,
+    /// `data`: must be a list.
+    Data,
+    /// An item of `data`: must be an object; gets its `index`.
+    Image,
+    /// `usage`: kept for the logs.
+    Usage,
+    /// Anything else: only validated.
+    Other,
+}
+
+#[derive(Debug)]
+struct Frame {
+    object: bool,
+    role: Role,
+    /// Members so far (objects).
+    members: usize,
+    /// An image that brought its own `index`.
+    has_index: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    None,
+    /// Just after `\`.
+    Backslash,
+    /// Inside `\uXXXX`, with this many hex digits read.
+    Hex(u8),
+}
+
+#[derive(Debug)]
+struct Str {
+    /// `Some(capture)` for a key (`capture`: its text is needed), `None` for a value.
+    key: Option<bool>,
+    role: Role,
+    escape: Escape,
+}
+
+/// Reshapes one Azure images response fed to it in chunks.
+#[derive(Debug)]
+pub struct Reshaper {
+    expect: Expect,
+    stack: Vec<Frame>,
+    /// The role of the value about to start.
+    next_role: Role,
+    string: Option<Str>,
+    /// The number or literal being read, and its role.
+    scalar: Option<Role>,
+    scalar_text: Vec<u8>,
+    /// The raw text of the key being read, when its text matters.
+    key: Vec<u8>,
+    /// Inside `usage`: its raw text so far.
+    usage_text: Option<Vec<u8>>,
+    utf8: Utf8Tail,
+    created: Option<u64>,
+    data_seen: bool,
+    images: usize,
+    usage: Option<Usage>,
+    /// Output ready to send.
+    out: Vec<Bytes>,
+    out_len: usize,
+}
+
+impl Default for Reshaper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reshaper {
+    pub fn new() -> Self {
+        Self {
+            expect: Expect::Value,
+            stack: Vec::with_capacity(8),
+            next_role: Role::Body,
+            string: None,
+            scalar: None,
+            scalar_text: Vec::new(),
+            key: Vec::new(),
+            usage_text: None,
+            utf8: Utf8Tail::default(),
+            created: None,
+            data_seen: false,
+            images: 0,
+            usage: None,
+            out: Vec::new(),
+            out_len: 0,
+        }
+    }
+
+    /// Azure's `created`, once read: the body so far is an images response's start.
+    pub fn created(&self) -> Option<u64> {
+        self.created
+    }
+
+    /// Images closed so far.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// `usage`, once read, when it has the `ImagesUsage` shape.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Bytes of output waiting in [`Reshaper::take_output`].
+    pub fn pending_len(&self) -> usize {
+        self.out_len
+    }
+
+    /// The output produced since the last call, in order.
+    pub fn take_output(&mut self) -> Vec<Bytes> {
+        self.out_len = 0;
+        std::mem::take(&mut self.out)
+    }
+
+    /// Reads the next chunk of Azure's body. After an error the reshaper is
+    /// spent: the body is not an images response, whatever follows.
+    pub fn feed(&mut self, chunk: Bytes) -> Result<(), Malformed> {
+        self.utf8.check(&chunk)?;
+        let bytes: &[u8] = &chunk;
+        // Where the input not yet passed on starts.
+        let mut run = 0;
+        // Where `usage` text starts in this chunk, while inside it.
+        let mut usage_from = self.usage_text.is_some().then_some(0);
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Some(string) = self.string.as_mut() {
+                let capture = string.key == Some(true);
+                match string.escape {
+                    Escape::None => {
+                        let end = i + plain_len(&bytes[i..]);
+                        if capture {
+                            self.key.extend_from_slice(&bytes[i..end]);
+                        }
+                        i = end;
+                        let Some(&b) = bytes.get(i) else { break };
+                        i += 1;
+                        match b {
+                            b'"' => {
+                                if let Some(done) = self.string.take() {
+                                    self.string_done(done, i, bytes, &mut usage_from)?;
+                                }
+                            }
+                            b'\\' => string.escape = Escape::Backslash,
+                            _ => return Err(Malformed::NotJson),
+                        }
+                        if capture && b == b'\\' {
+                            self.key.push(b);
+                        }
+                    }
+                    Escape::Backslash => {
+                        let b = bytes[i];
+                        string.escape = match b {
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Escape::None,
+                            b'u' => Escape::Hex(0),
+                            _ => return Err(Malformed::NotJson),
+                        };
+                        if capture {
+                            self.key.push(b);
+                        }
+                        i += 1;
+                    }
+                    Escape::Hex(read) => {
+                        let b = bytes[i];
+                        if !b.is_ascii_hexdigit() {
+                            return Err(Malformed::NotJson);
+                        }
+                        string.escape = if read == 3 { Escape::None } else { Escape::Hex(read + 1) };
+                        if capture {
+                            self.key.push(b);
+                        }
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            let b = bytes[i];
+            if let Some(role) = self.scalar {
+                if matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'+' | b'-' | b'.') {
+                    self.scalar_text.push(b);
+                    i += 1;
+                    continue;
+                }
+                self.scalar = None;
+                self.scalar_done(role)?;
+                self.value_done(role, i, bytes, &mut usage_from);
+            }
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                i += 1;
+                continue;
+            }
+            match (self.expect, b) {
+                (Expect::ValueOrEnd, b']') | (Expect::KeyOrEnd, b'}') | (Expect::CommaOrEnd, b']' | b'}') => {
+                    let Some(frame) = self.stack.pop() else {
+                        return Err(Malformed::NotJson);
+                    };
+                    if frame.object != (b == b'}') {
+                        return Err(Malformed::NotJson);
+                    }
+                    if frame.role == Role::Image && !frame.has_index {
+                        self.push(chunk.slice(run..i));
+                        run = i;
+                        let comma = if frame.members > 0 { "," } else { "" };
+                        self.push(Bytes::from(format!("{comma}\"index\":{}", self.images)));
+                    }
+                    i += 1;
+                    self.value_done(frame.role, i, bytes, &mut usage_from);
+                }
+                (Expect::Value | Expect::ValueOrEnd, _) => {
+                    let role = self.element_role();
+                    self.start_value(role, b, i, &mut usage_from)?;
+                    i += 1;
+                }
+                (Expect::KeyOrEnd | Expect::Key, b'"') => {
+                    let capture = matches!(self.stack.last().map(|f| f.role), Some(Role::Body | Role::Image));
+                    self.key.clear();
+                    self.string = Some(Str {
+                        key: Some(capture),
+                        role: Role::Other,
+                        escape: Escape::None,
+                    });
+                    i += 1;
+                }
+                (Expect::Colon, b':') => {
+                    self.expect = Expect::Value;
+                    i += 1;
+                }
+                (Expect::CommaOrEnd, b',') => {
+                    let object = self.stack.last().is_some_and(|f| f.object);
+                    self.expect = if object { Expect::Key } else { Expect::Value };
+                    i += 1;
+                }
+                _ => {
+                    return Err(match self.stack.last().map(|f| f.role) {
+                        Some(Role::Data) => Malformed::Data,
+                        _ => Malformed::NotJson,
+                    });
+                }
+            }
+        }
+        if let (Some(text), Some(from)) = (self.usage_text.as_mut(), usage_from) {
+            text.extend_from_slice(&bytes[from..]);
+        }
+        if run < bytes.len() {
+            self.push(chunk.slice(run..));
+        }
+        Ok(())
+    }
+
+    /// The body has ended: was it a whole images response?
+    pub fn finish(&mut self) -> Result<(), Malformed> {
+        if self.expect != Expect::Eof || self.string.is_some() || self.scalar.is_some() || !self.utf8.is_empty() {
+            return Err(
+                if self.stack.first().is_some_and(|f| f.role == Role::Body) && !self.data_seen {
+                    Malformed::NoData
+                } else {
+                    Malformed::NotJson
+                },
+            );
+        }
+        if self.created.is_none() {
+            return Err(Malformed::Created);
+        }
+        if !self.data_seen {
+            return Err(Malformed::NoData);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.out_len += bytes.len();
+            self.out.push(bytes);
+        }
+    }
+
+    /// The role of a value that starts now: an item of `data` is an image;
+    /// an object member's role was set by its key.
+    fn element_role(&self) -> Role {
+        match self.stack.last() {
+            Some(frame) if !frame.object => {
+                if frame.role == Role::Data {
+                    Role::Image
+                } else {
+                    Role::Other
+                }
+            }
+            _ => self.next_role,
+        }
+    }
+
+    fn start_value(&mut self, role: Role, b: u8, at: usize, usage_from: &mut Option<usize>) -> Result<(), Malformed> {
+        let wrong = match role {
+            Role::Body => (b != b'{').then_some(Malformed::NotJson),
+            Role::Created => (!matches!(b, b'0'..=b'9' | b'-')).then_some(Malformed::Created),
+            Role::Data => (b != b'[').then_some(Malformed::Data),
+            Role::Image => (b != b'{').then_some(Malformed::Data),
+            Role::Usage | Role::Other => None,
+        };
+        if let Some(err) = wrong {
+            return Err(err);
+        }
+        if role == Role::Data {
+            self.data_seen = true;
+        }
+        if role == Role::Usage {
+            self.usage_text = Some(Vec::new());
+            *usage_from = Some(at);
+        }
+        match b {
+            b'{' | b'[' => {
+                let object = b == b'{';
+                self.stack.push(Frame {
+                    object,
+                    role,
+                    members: 0,
+                    has_index: false,
+                });
+                self.expect = if object { Expect::KeyOrEnd } else { Expect::ValueOrEnd };
+            }
+            b'"' => {
+                self.string = Some(Str {
+                    key: None,
+                    role,
+                    escape: Escape::None,
+                })
+            }
+            b'0'..=b'9' | b'-' | b't' | b'f' | b'n' => {
+                self.scalar_text.clear();
+                self.scalar_text.push(b);
+                self.scalar = Some(role);
+            }
+            _ => return Err(Malformed::NotJson),
+        }
+        Ok(())
+    }
+
+    fn string_done(
+        &mut self,
+        string: Str,
+        end: usize,
+        bytes: &[u8],
+        usage_from: &mut Option<usize>,
+    ) -> Result<(), Malformed> {
+        let Some(capture) = string.key else {
+            self.value_done(string.role, end, bytes, usage_from);
+            return Ok(());
+        };
+        self.expect = Expect::Colon;
+        let Some(frame) = self.stack.last_mut() else {
+            return Err(Malformed::NotJson);
+        };
+        frame.members += 1;
+        self.next_role = Role::Other;
+        if !capture {
+            return Ok(());
+        }
+        let key = key_text(&self.key);
+        match (frame.role, key.as_deref()) {
+            (Role::Body, Some("created")) if self.created.is_some() => return Err(Malformed::Created),
+            (Role::Body, Some("created")) => self.next_role = Role::Created,
+            (Role::Body, Some("data")) if self.data_seen => return Err(Malformed::Data),
+            (Role::Body, Some("data")) => self.next_role = Role::Data,
+            (Role::Body, Some("usage")) => self.next_role = Role::Usage,
+            (Role::Image, Some("index")) => frame.has_index = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A number or a literal has ended: valid JSON, and a u64 for `created`.
+    fn scalar_done(&mut self, role: Role) -> Result<(), Malformed> {
+        if serde_json::from_slice::<&RawValue>(&self.scalar_text).is_err() {
+            return Err(if role == Role::Created {
+                Malformed::Created
+            } else {
+                Malformed::NotJson
+            });
+        }
+        if role == Role::Created {
+            let created = std::str::from_utf8(&self.scalar_text)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or(Malformed::Created)?;
+            self.created = Some(created);
+        }
+        Ok(())
+    }
+
+    /// A value of `role` ended just before `end`.
+    fn value_done(&mut self, role: Role, end: usize, bytes: &[u8], usage_from: &mut Option<usize>) {
+        self.expect = if self.stack.is_empty() {
+            Expect::Eof
+        } else {
+            Expect::CommaOrEnd
+        };
+        match role {
+            Role::Image => self.images += 1,
+            Role::Usage => {
+                if let Some(mut text) = self.usage_text.take() {
+                    text.extend_from_slice(&bytes[usage_from.take().unwrap_or(0)..end]);
+                    self.usage = serde_json::from_slice(&text).ok();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A key's text, unescaped; `None` when it is not a string at all.
+fn key_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(raw).ok().map(std::borrow::Cow::Borrowed);
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted)
+        .ok()
+        .map(std::borrow::Cow::Owned)
+}
+
+/// The length of the prefix of `s` a JSON string passes over as is: up to the
+/// first `"`, `\` or control character. Eight bytes at a time.
+pub fn plain_len(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (words, _) = s.as_chunks::<8>();
+    for (n, word) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*word);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // Zero bytes of `quote`/`backslash`, bytes of `w` below 0x20. The
+        // lowest flagged byte is exact (borrows only flag bytes above it).
+        let hits = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | w.wrapping_sub(ONES * 0x20) & !w)
+            & HIGH;
+        if hits != 0 {
+            return n * 8 + (hits.trailing_zeros() / 8) as usize;
+        }
+    }
+    let start = words.len() * 8;
+    s[start..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map_or(s.len(), |p| start + p)
+}
+
+/// Writes `s` as the contents of a JSON string: `"`, `\\` and control
+/// characters escaped, everything else (UTF-8 included) as is.
+pub fn escape_into(out: &mut Vec<u8>, mut s: &[u8]) {
+    loop {
+        let plain = plain_len(s);
+        out.extend_from_slice(&s[..plain]);
+        let Some(&b) = s.get(plain) else { return };
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+        s = &s[plain + 1..];
+    }
+}
+
+/// Whether `chunks` together are UTF-8, wherever a character is cut.
+pub fn is_utf8(chunks: &[Bytes]) -> bool {
+    let mut tail = Utf8Tail::default();
+    chunks.iter().all(|chunk| tail.check(chunk).is_ok()) && tail.is_empty()
+}
+
+/// UTF-8 validation across chunk boundaries: a character cut by one is
+/// checked once its last byte arrives.
+#[derive(Debug, Default)]
+struct Utf8Tail {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl Utf8Tail {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&mut self, chunk: &[u8]) -> Result<(), Malformed> {
+        let mut rest = chunk;
+        if self.len > 0 {
+            let width = match self.bytes[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - self.len).min(rest.len());
+            self.bytes[self.len..self.len + take].copy_from_slice(&rest[..take]);
+            self.len += take;
+            rest = &rest[take..];
+            match std::str::from_utf8(&self.bytes[..self.len]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_none() && self.len < width => return Ok(()),
+                Err(_) => return Err(Malformed::NotJson),
+            }
+        }
+        match std::str::from_utf8(rest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let tail = &rest[e.valid_up_to()..];
+                self.bytes[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len();
+                Ok(())
+            }
+            Err(_) => Err(Malformed::NotJson),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reshapes `body` cut at `cuts`, and the output as one string.
+    fn reshape(body: &[u8], cuts: &[usize]) -> Result<(String, Reshaper), Malformed> {
+        let mut reshaper = Reshaper::new();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+            reshaper.feed(Bytes::copy_from_slice(&body[start..cut]))?;
+            for piece in reshaper.take_output() {
+                out.extend_from_slice(&piece);
+            }
+            start = cut;
+        }
+        reshaper.finish()?;
+        Ok((String::from_utf8(out).expect("utf8"), reshaper))
+    }
+
+    #[test]
+    fn images_get_their_index_and_everything_else_passes_as_is() {
+        let body = r#"{"created":1698342300, "data":[{"b64_json":"aGVs\/bG8=","revised_prompt":"r\u00e9"},{},{"url":"u","index":7}], "usage":{"total_tokens":3,"input_tokens":1,"output_tokens":2}}"#;
+        let (out, reshaper) = reshape(body.as_bytes(), &[]).expect("valid");
+        assert_eq!(
+            out,
+            r#"{"created":1698342300, "data":[{"b64_json":"aGVs\/bG8=","revised_prompt":"r\u00e9","index":0},{"index":1},{"url":"u","index":7}], "usage":{"total_tokens":3,"input_tokens":1,"output_tokens":2}}"#
+        );
+        assert_eq!(reshaper.created(), Some(1698342300));
+        assert_eq!(reshaper.images(), 3);
+        assert_eq!(reshaper.usage().map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn every_split_gives_the_same_output() {
+        let body = "{ \"data\" : [ { \"b64_json\" : \"QUJD\\\"\\u00e9\" , \"revised_prompt\":\"日本語\" } ] ,\"created\":17,\"usage\":{\"total_tokens\":5,\"input_tokens_details\":{\"text_tokens\":1}},\"n\":[1.5e3,true,null,false] }\n";
+        let (whole, _) = reshape(body.as_bytes(), &[]).expect("valid");
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                let (out, reshaper) = reshape(body.as_bytes(), &[a, b]).expect("valid at any split");
+                assert_eq!(out, whole, "split at {a}, {b}");
+                assert_eq!(reshaper.usage().map(|u| u.input_tokens_details.text_tokens), Some(1));
+                assert_eq!(reshaper.created(), Some(17));
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let cases: &[(&str, Malformed)] = &[
+            ("", Malformed::NotJson),
+            ("not json", Malformed::NotJson),
+            ("[]", Malformed::NotJson),
+            ("{}", Malformed::Created),
+            (r#"{"created":1}"#, Malformed::NoData),
+            (r#"{"data":[]}"#, Malformed::Created),
+            (r#"{"created":"x","data":[]}"#, Malformed::Created),
+            (
+                r#"{"created":155555555555555555555555555555,"data":[]}"#,
+                Malformed::Created,
+            ),
+            (r#"{"created":-1,"data":[]}"#, Malformed::Created),
+            (r#"{"created":1.5,"data":[]}"#, Malformed::Created),
+            (r#"{"created":1,"created":2,"data":[]}"#, Malformed::Created),
+            (r#"{"created":1,"data":{}}"#, Malformed::Data),
+            (r#"{"created":1,"data":[1]}"#, Malformed::Data),
+            (r#"{"created":1,"data":[[]]}"#, Malformed::Data),
+            (r#"{"created":1,"data":[],"data":[]}"#, Malformed::Data),
+            (r#"{"created":1,"data":[{"b64_json":"tru"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[{"b64_json":tru}]}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[{"b64_json":"a\qb"}]}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[{"b64_json":"a\u12g4"}]}"#, Malformed::NotJson),
+            ("{\"created\":1,\"data\":[{\"b64_json\":\"a\tb\"}]}", Malformed::NotJson),
+            (r#"{"created":1,"data":[]} {}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[],}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[{},]}"#, Malformed::Data),
+            (r#"{"created":1,"data":[}"#, Malformed::Data),
+            (r#"{"created":1,"data":[]]"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[],"x":01}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[],"x":[1 2]}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[],"x":{"a" 1}}"#, Malformed::NotJson),
+            (r#"{"created":1,"data":[],"x":{1:1}}"#, Malformed::NotJson),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(reshape(body.as_bytes(), &[]).err(), Some(*expected), "{body}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_wherever_it_is_cut() {
+        let mut body = br#"{"created":1,"data":[{"revised_prompt":"a"#.to_vec();
+        body.extend_from_slice(&[0xE6, 0x97]); // a three-byte character without its last byte
+        body.extend_from_slice(br#""}]}"#);
+        for cut in 0..=body.len() {
+            assert_eq!(reshape(&body, &[cut]).err(), Some(Malformed::NotJson), "cut at {cut}");
+        }
+        let valid = "{\"created\":1,\"data\":[{\"revised_prompt\":\"\u{65e5}\u{1F600}\"}]}";
+        for cut in 0..=valid.len() {
+            assert!(reshape(valid.as_bytes(), &[cut]).is_ok(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_what_is_json() {
+        // Bodies that are images responses in shape: valid exactly when serde_json says so.
+        let values = [
+            "1",
+            "-0",
+            "0.5",
+            "1e5",
+            "1E+5",
+            "-1.5e-3",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "--1",
+            "true",
+            "tru",
+            "nul",
+            "null",
+            "falsey",
+            "\"\\ud800\"",
+            "\"\\/\"",
+            "\"\\x\"",
+            "[]",
+            "[1,]",
+            "{}",
+            "{\"a\":}",
+            "1e999",
+        ];
+        for value in values {
+            let body = format!(r#"{{"created":1,"data":[{{"x":{value}}}],"y":{value}}}"#);
+            let serde_ok = serde_json::from_str::<&RawValue>(&body).is_ok();
+            assert_eq!(reshape(body.as_bytes(), &[]).is_ok(), serde_ok, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_word_scan_stops_at_the_first_special_byte() {
+        let mut text = vec![b'A'; 40];
+        assert_eq!(plain_len(&text), 40);
+        for at in 0..40 {
+            for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                let mut t = text.clone();
+                t[at] = special;
+                if at + 1 < t.len() {
+                    t[at + 1] = b'"';
+                }
+                assert_eq!(plain_len(&t), at, "{special} at {at}");
+            }
+        }
+        text.extend_from_slice("é日\u{7f}".as_bytes());
+        assert_eq!(plain_len(&text), text.len(), "bytes from 0x7f up pass");
+    }
+
+    #[test]
+    fn escaped_text_reads_back_as_itself() {
+        let text = "{\"a\":\"q\\\"b\\\\/é\u{1}\n\"}";
+        let mut out = b"\"".to_vec();
+        escape_into(&mut out, text.as_bytes());
+        out.push(b'"');
+        assert_eq!(serde_json::from_slice::<String>(&out).expect("a JSON string"), text);
+        let cut = "é".as_bytes();
+        assert!(is_utf8(&[Bytes::from_static(&cut[..1]), Bytes::from_static(&cut[1..])]));
+        assert!(!is_utf8(&[Bytes::from_static(&cut[..1])]));
+    }
+}

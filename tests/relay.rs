@@ -1,0 +1,195 @@
+//! Large answers on a front door that streams: sent on while Azure's body
+//! arrives, and cut off, never ended, when Azure's body breaks after the
+//! answer has started. Before that point, and on buffered front doors, a
+//! broken body is an ordinary upstream failure: a 502, retried.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_openai_image::App;
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+const GEN: &str = "/v1/images/generations";
+const REQUEST: &str = r#"{"model":"azure-image","prompt":"a lighthouse"}"#;
+/// Well past the point an answer is committed (64 KiB).
+const LARGE: usize = 300_000;
+
+/// An Azure gpt-image body with one image of `len` base64 characters.
+fn large_body(len: usize) -> Vec<u8> {
+    format!(
+        r#"{{"created":1700000000,"data":[{{"b64_json":"{}"}}],"usage":{{"total_tokens":9,"input_tokens":4,"output_tokens":5,"input_tokens_details":{{"text_tokens":4,"image_tokens":0}}}}}}"#,
+        b64_of_len(len)
+    )
+    .into_bytes()
+}
+
+/// The first `at` bytes of a large body, then a break (after a pause: a
+/// connection reset can overtake data the connector has not read yet).
+fn broken_at(at: usize) -> Canned {
+    Canned::in_parts(vec![
+        Part::Data(large_body(LARGE)[..at].to_vec()),
+        Part::Pause(Duration::from_millis(200)),
+        Part::Break,
+    ])
+}
+
+/// Serves `app` on a local listener, as `--listen` does; its address.
+async fn listen(app: Arc<App>) -> String {
+    let listener = azure_openai_image::local::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(azure_openai_image::local::serve(listener, app));
+    format!("http://{addr}{GEN}")
+}
+
+async fn post_to(url: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("content-type", "application/json")
+        .body(REQUEST)
+        .send()
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn a_large_answer_starts_before_azure_has_sent_all_of_it() {
+    let fake = FakeAzure::start(|_, _| {
+        let body = large_body(LARGE);
+        Canned::in_parts(vec![
+            Part::Data(body[..200_000].to_vec()),
+            Part::Pause(Duration::from_millis(800)),
+            Part::Data(body[200_000..].to_vec()),
+        ])
+    })
+    .await;
+    let test = app_for(&fake);
+    let started = Instant::now();
+    let response = test.app.respond(post(GEN, REQUEST)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["x-served-model"], "azure-image");
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first piece")
+        .expect("not broken")
+        .into_data()
+        .expect("data");
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "the first piece waited for the whole body: {:?}",
+        started.elapsed()
+    );
+    assert!(first.starts_with(br#"{"created":1700000000"#));
+    let mut all = first.to_vec();
+    while let Some(frame) = body.frame().await {
+        all.extend_from_slice(&frame.expect("not broken").into_data().expect("data"));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let value: Value = serde_json::from_slice(&all).expect("the whole answer is JSON");
+    assert_eq!(value["data"][0]["index"], 0);
+    assert_eq!(value["data"][0]["b64_json"].as_str().map(str::len), Some(LARGE));
+    assert_eq!(value["usage"]["total_tokens"], 9);
+}
+
+#[tokio::test]
+async fn the_local_listener_relays_a_large_answer_whole() {
+    let fake = FakeAzure::start(|_, _| Canned::json(200, &String::from_utf8_lossy(&large_body(4_000_000)))).await;
+    let url = listen(app_for(&fake).app).await;
+    let response = post_to(&url).await;
+    assert_eq!(response.status(), 200);
+    let value: Value = serde_json::from_slice(&response.bytes().await.expect("whole")).expect("JSON");
+    assert_eq!(value["created"], 1700000000);
+    assert_eq!(value["data"][0]["b64_json"].as_str().map(str::len), Some(4_000_000));
+    assert_eq!(value["data"][0]["index"], 0);
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_after_the_answer_started_is_cut_off_not_ended() {
+    let fake = FakeAzure::start(|_, _| broken_at(200_000)).await;
+    let url = listen(app_for(&fake).app).await;
+    let response = post_to(&url).await;
+    assert_eq!(response.status(), 200, "the status went out before the break");
+    assert!(
+        response.bytes().await.is_err(),
+        "the client must see a broken body, not a short one"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_turns_malformed_after_the_answer_started_is_cut_off() {
+    let fake = FakeAzure::start(|_, _| {
+        let mut body = large_body(LARGE)[..200_000].to_vec();
+        body.extend_from_slice(b"\"}]}}}");
+        Canned::in_parts(vec![Part::Data(body)])
+    })
+    .await;
+    let test = app_for(&fake);
+    let response = test.app.respond(post(GEN, REQUEST)).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut broke = false;
+    while let Some(frame) = body.frame().await {
+        if let Err(aborted) = frame {
+            assert_eq!(aborted.code, "upstream_invalid_response");
+            broke = true;
+            break;
+        }
+    }
+    assert!(broke, "the body must break off");
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_before_the_answer_started_is_a_502() {
+    let fake = FakeAzure::start(|_, _| broken_at(30_000)).await;
+    let test = app_for(&fake);
+    let response = test.app.handle(post(GEN, REQUEST)).await;
+    let error = openai_error(&response, 502);
+    assert_eq!(error["code"], "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_before_the_answer_started_is_retried() {
+    let fake = FakeAzure::start(|req, n| if n == 0 { broken_at(30_000) } else { success_for(req) }).await;
+    let config = config_with(
+        &fake,
+        &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
+    );
+    let test = app_from(config, vec![Ok(AZURE_KEY.to_owned())]);
+    let response = test.app.handle(post(GEN, REQUEST)).await;
+    assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(response.body()));
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_buffered_front_door_gets_the_whole_answer_or_a_retry() {
+    // HTTP API: the answer is buffered anyway, so nothing is sent before Azure's body is whole.
+    let fake = FakeAzure::start(|_, n| {
+        if n == 0 {
+            broken_at(200_000)
+        } else {
+            Canned::json(200, &String::from_utf8_lossy(&large_body(LARGE)))
+        }
+    })
+    .await;
+    let config = config_with(
+        &fake,
+        &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
+    );
+    let test = app_from(config, vec![Ok(AZURE_KEY.to_owned())]);
+    let mut req = post(GEN, REQUEST);
+    req.response_limit = Some(6_000_000);
+    let response = test.app.handle(req).await;
+    assert_eq!(response.status(), 200);
+    let value = json(&response);
+    assert_eq!(value["data"][0]["b64_json"].as_str().map(str::len), Some(LARGE));
+    assert_eq!(fake.requests().len(), 2);
+}
