@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::config::ResponseMode;
 use crate::handler::{App, Incoming, MAX_BODY_BYTES, ResponseBody};
 
 /// Serves until the process is stopped.
@@ -62,7 +63,9 @@ async fn respond(app: &Arc<App>, req: hyper::Request<HyperBody>, request_id: Str
         body,
         deadline: None,
         request_id,
-        response_limit: None,
+        // `RESPONSE_MODE=buffered` answers whole, as a buffered front door
+        // would, without Lambda's 6 MB limit; otherwise answers stream.
+        response_limit: (app.config.response_mode == ResponseMode::Buffered).then_some(usize::MAX),
     };
     app.respond(incoming).await
 }
