@@ -193,3 +193,24 @@ async fn a_buffered_front_door_gets_the_whole_answer_or_a_retry() {
     assert_eq!(value["data"][0]["b64_json"].as_str().map(str::len), Some(LARGE));
     assert_eq!(fake.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn the_local_listener_answers_whole_with_response_mode_buffered() {
+    let fake = FakeAzure::start(|_, _| Canned::json(200, &String::from_utf8_lossy(&large_body(LARGE)))).await;
+    let config = config_with(
+        &fake,
+        &[
+            ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
+            ("MAX_RETRIES", "0"),
+            ("RESPONSE_MODE", "buffered"),
+        ],
+    );
+    let url = listen(app_from(config, vec![Ok(AZURE_KEY.to_owned())]).app).await;
+    let response = post_to(&url).await;
+    assert_eq!(response.status(), 200);
+    let announced = response.content_length().expect("a whole answer announces its length");
+    let body = response.bytes().await.expect("whole");
+    assert_eq!(announced, body.len() as u64);
+    let streamed = post_to(&listen(app_for(&fake).app).await).await;
+    assert_eq!(streamed.content_length(), None, "a relayed answer is chunked");
+}
