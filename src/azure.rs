@@ -115,6 +115,11 @@ impl AzureClient {
         Ok(Self { http })
     }
 
+    /// The underlying client, to share its pool and TLS setup.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// POSTs `body` to the entry's generations URL. Returns once Azure's
     /// headers are in, by `until`; a failure's body is read whole, a
     /// success's is left to [`AzureClient::reshape`].

@@ -18,6 +18,8 @@ pub mod response;
 #[cfg(feature = "runtime")]
 pub mod auth;
 #[cfg(feature = "runtime")]
+pub mod aws_http;
+#[cfg(feature = "runtime")]
 pub mod azure;
 #[cfg(feature = "runtime")]
 mod generation;
@@ -42,14 +44,16 @@ pub use config::Config;
 #[cfg(feature = "runtime")]
 pub use handler::App;
 
-/// Builds the app's long-lived parts from a configuration: the Secrets
-/// Manager client (region, credentials and endpoint from the environment, as
-/// AWS SDKs read them) and the Azure client. No network call happens here.
+/// Builds the app's long-lived parts from a configuration: the HTTP client,
+/// and the Secrets Manager client over it (region, credentials and endpoint
+/// from the environment, as AWS SDKs read them). No network call happens here.
 #[cfg(feature = "runtime")]
 pub async fn build_app(config: Config) -> Result<App, String> {
     use aws_config::timeout::TimeoutConfig;
     use std::time::Duration;
+    let azure = azure::AzureClient::new().map_err(|e| format!("could not build the HTTP client: {e}"))?;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(aws_http::sdk_client(azure.http().clone()))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -60,6 +64,5 @@ pub async fn build_app(config: Config) -> Result<App, String> {
         .load()
         .await;
     let source = secrets::SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws));
-    let azure = azure::AzureClient::new().map_err(|e| format!("could not build the HTTP client: {e}"))?;
     Ok(App::new(config, std::sync::Arc::new(source), azure))
 }
