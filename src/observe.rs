@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::azure::AttemptRecord;
 use crate::response::Usage;
 
-/// The JSON log format of `main`, writing to `writer`, filtered by `RUST_LOG` (default `info`).
+/// The JSON log format of `main`, writing to `writer`, filtered by `RUST_LOG`
+/// (default `info`): a level, or `target=level` directives such as
+/// `warn,azure_openai_image=debug`. A value that does not parse means `info`.
 pub fn log_subscriber<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -25,8 +28,18 @@ where
         .with_span_list(false)
         .with_target(false)
         .with_writer(writer)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .finish()
+        .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+}
+
+/// `RUST_LOG`'s directives. `Targets` rather than `EnvFilter`: the same
+/// `target=level` syntax without span and field filters, and without a regex engine.
+fn log_filter(directives: Option<&str>) -> Targets {
+    directives
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// Where EMF records go: stdout in the function (CloudWatch Logs extracts the
@@ -197,6 +210,22 @@ impl RequestRecord<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_is_a_level_or_target_directives_and_anything_else_means_info() {
+        use tracing::Level;
+        let warn = log_filter(Some("warn"));
+        assert!(warn.would_enable("azure_openai_image", &Level::WARN));
+        assert!(!warn.would_enable("azure_openai_image", &Level::INFO));
+        let targeted = log_filter(Some("warn,azure_openai_image=debug"));
+        assert!(targeted.would_enable("azure_openai_image::azure", &Level::DEBUG));
+        assert!(!targeted.would_enable("hyper", &Level::INFO));
+        for unusable in [None, Some(""), Some("  "), Some("hyper=loud")] {
+            let info = log_filter(unusable);
+            assert!(info.would_enable("azure_openai_image", &Level::INFO), "{unusable:?}");
+            assert!(!info.would_enable("azure_openai_image", &Level::DEBUG), "{unusable:?}");
+        }
+    }
 
     fn attempt(status: u16, outcome: &str, ms: u64) -> AttemptRecord {
         AttemptRecord {
