@@ -104,9 +104,6 @@ pub struct AzureClient {
 
 impl AzureClient {
     pub fn new() -> Result<Self, reqwest::Error> {
-        // reqwest takes rustls' process-wide provider. An error means one is
-        // installed already (a second client in the same process), which reqwest then uses.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // A redirect would carry the api-key to another host.
