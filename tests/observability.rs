@@ -195,18 +195,7 @@ async fn an_upstream_failure_logs_and_counts_its_code() {
 
 #[tokio::test]
 async fn an_answer_that_breaks_off_logs_its_code_and_counts_an_error() {
-    let fake = FakeAzure::start(|_, _| {
-        let head = format!(
-            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
-            b64_of_len(200_000)
-        );
-        Canned::in_parts(vec![
-            Part::Data(head.into_bytes()),
-            Part::Pause(std::time::Duration::from_millis(200)),
-            Part::Break,
-        ])
-    })
-    .await;
+    let fake = FakeAzure::start(|_, _| breaking_success(200_000)).await;
     let (log, emf, status, _) = observe(config_for(&fake), post(GEN, &body("azure-image", ""))).await;
     assert_eq!(status, 200, "the status went out before the break");
     assert_eq!(log["error_code"], "upstream_unreachable");

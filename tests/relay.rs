@@ -27,16 +27,6 @@ fn large_body(len: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The first `at` bytes of a large body, then a break (after a pause: a
-/// connection reset can overtake data the connector has not read yet).
-fn broken_at(at: usize) -> Canned {
-    Canned::in_parts(vec![
-        Part::Data(large_body(LARGE)[..at].to_vec()),
-        Part::Pause(Duration::from_millis(200)),
-        Part::Break,
-    ])
-}
-
 /// Serves `app` on a local listener, as `--listen` does; its address.
 async fn listen(app: Arc<App>) -> String {
     let listener = azure_openai_image::local::bind("127.0.0.1:0".parse().expect("addr"))
@@ -114,7 +104,7 @@ async fn the_local_listener_relays_a_large_answer_whole() {
 
 #[tokio::test]
 async fn a_body_that_breaks_after_the_answer_started_is_cut_off_not_ended() {
-    let fake = FakeAzure::start(|_, _| broken_at(200_000)).await;
+    let fake = FakeAzure::start(|_, _| breaking_success(200_000)).await;
     let url = listen(app_for(&fake).app).await;
     let response = post_to(&url).await;
     assert_eq!(response.status(), 200, "the status went out before the break");
@@ -149,7 +139,7 @@ async fn a_body_that_turns_malformed_after_the_answer_started_is_cut_off() {
 
 #[tokio::test]
 async fn a_body_that_breaks_before_the_answer_started_is_a_502() {
-    let fake = FakeAzure::start(|_, _| broken_at(30_000)).await;
+    let fake = FakeAzure::start(|_, _| breaking_success(30_000)).await;
     let test = app_for(&fake);
     let response = test.app.handle(post(GEN, REQUEST)).await;
     let error = openai_error(&response, 502);
@@ -158,7 +148,14 @@ async fn a_body_that_breaks_before_the_answer_started_is_a_502() {
 
 #[tokio::test]
 async fn a_body_that_breaks_before_the_answer_started_is_retried() {
-    let fake = FakeAzure::start(|req, n| if n == 0 { broken_at(30_000) } else { success_for(req) }).await;
+    let fake = FakeAzure::start(|req, n| {
+        if n == 0 {
+            breaking_success(30_000)
+        } else {
+            success_for(req)
+        }
+    })
+    .await;
     let config = config_with(
         &fake,
         &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
@@ -174,7 +171,7 @@ async fn a_buffered_front_door_gets_the_whole_answer_or_a_retry() {
     // HTTP API: the answer is buffered anyway, so nothing is sent before Azure's body is whole.
     let fake = FakeAzure::start(|_, n| {
         if n == 0 {
-            broken_at(200_000)
+            breaking_success(200_000)
         } else {
             Canned::json(200, &String::from_utf8_lossy(&large_body(LARGE)))
         }

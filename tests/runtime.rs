@@ -221,18 +221,7 @@ async fn an_event_that_is_not_http_is_reported_as_an_invocation_error() {
 
 #[tokio::test]
 async fn a_streamed_answer_that_breaks_off_ends_with_the_error_trailers() {
-    let fake = FakeAzure::start(|_, _| {
-        let head = format!(
-            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
-            b64_of_len(200_000)
-        );
-        Canned::in_parts(vec![
-            Part::Data(head.into_bytes()),
-            Part::Pause(std::time::Duration::from_millis(200)),
-            Part::Break,
-        ])
-    })
-    .await;
+    let fake = FakeAzure::start(|_, _| breaking_success(200_000)).await;
     let test = app_for(&fake);
     let answers = serve(
         &test,

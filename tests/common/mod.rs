@@ -218,6 +218,21 @@ impl http_body::Body for PartsBody {
     }
 }
 
+/// A 200 whose body breaks off inside its first image, after `b64_len`
+/// characters of it. The break comes after a pause: a connection reset can
+/// overtake data the connector has not read yet.
+pub fn breaking_success(b64_len: usize) -> Canned {
+    let head = format!(
+        r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
+        b64_of_len(b64_len)
+    );
+    Canned::in_parts(vec![
+        Part::Data(head.into_bytes()),
+        Part::Pause(Duration::from_millis(200)),
+        Part::Break,
+    ])
+}
+
 /// A base64 string of `len` characters (a stand-in for image data).
 pub fn b64_of_len(len: usize) -> String {
     "QUJD".repeat(len / 4 + 1)[..len].to_owned()
