@@ -165,11 +165,11 @@ def main() -> None:
         serving_rss = peak_rss_mib(local.pid)
         buffered_rss = peak_rss_mib(buffered.pid)
 
-        print(f"{'case':<20} {'body':>9} {'direct p50':>10} {'p99':>8} {'local p50':>10} {'p99':>8} {'added p50':>10} {'budget':>8} {'buffered p50':>12} {'watch p50':>10}   (ms)")
+        print(f"{'case':<20} {'body':>9} {'direct p50':>10} {'p99':>8} {'local p50':>10} {'p99':>8} {'ratio':>6} {'added p50':>10} {'budget':>8} {'buffered p50':>12} {'watch p50':>10}   (ms)")
         for label, size_bytes, direct, through, whole, lambda_path in rows:
             added = pct(through, 50) - pct(direct, 50)
             budget = 0.5 + 0.5 * size_bytes / 1e6 if size_bytes > 1e6 else 0.5
-            print(f"{label:<20} {size_bytes / 1e6:>7.2f}MB {pct(direct, 50):>10.2f} {pct(direct, 99):>8.2f} {pct(through, 50):>10.2f} {pct(through, 99):>8.2f} {added:>10.2f} {budget:>8.2f} {pct(whole, 50):>12.2f} {pct(lambda_path, 50):>10.2f}")
+            print(f"{label:<20} {size_bytes / 1e6:>7.2f}MB {pct(direct, 50):>10.2f} {pct(direct, 99):>8.2f} {pct(through, 50):>10.2f} {pct(through, 99):>8.2f} {pct(through, 50) / pct(direct, 50):>5.2f}x {added:>10.2f} {budget:>8.2f} {pct(whole, 50):>12.2f} {pct(lambda_path, 50):>10.2f}")
         largest = max(r[1] for r in rows) / 2**20
         print(f"\npeak RSS: idle after init {idle_rss:.1f} MiB (budget 20)")
         print(f"peak RSS serving the {largest:.1f} MiB case, relayed: {serving_rss:.1f} MiB (budget 20 + 1 x {largest:.1f} = {20 + largest:.1f} MiB)")
