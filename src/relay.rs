@@ -19,11 +19,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{CONTENT_TYPE, HeaderValue};
 use http_body::Body;
 
 use crate::azure::UpstreamBody;
-use crate::handler::{Aborted, App, Outcome, ResponseBody};
+use crate::handler::{Aborted, App, Outcome, ResponseBody, ok_json};
 use crate::reshape::Reshaper;
 
 /// Output held back before the answer is committed to a 200: small answers
@@ -60,21 +59,18 @@ pub(crate) fn respond(
     rest: UpstreamBody,
     outcome: Outcome,
 ) -> Response<ResponseBody> {
-    let ready: VecDeque<Bytes> = reshaper.take_output().into();
-    let mut response = Response::new(ResponseBody::Full(VecDeque::new()));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    app.stamp(response.headers_mut(), &outcome);
-    *response.body_mut() = ResponseBody::Relay(Box::new(Relay {
-        ready,
+    let mut headers = http::HeaderMap::new();
+    app.stamp(&mut headers, &outcome);
+    let mut response = ok_json(ResponseBody::Relay(Box::new(Relay {
+        ready: reshaper.take_output().into(),
         reshaper,
         upstream: Some(rest.body),
         deadline: Box::pin(tokio::time::sleep_until(rest.until.into())),
         log: Some((app.clone(), outcome)),
         sent: 0,
         started: Instant::now(),
-    }));
+    })));
+    response.headers_mut().extend(headers);
     response
 }
 
