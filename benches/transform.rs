@@ -7,10 +7,11 @@
 use std::hint::black_box;
 
 use azure_openai_image::Config;
-use azure_openai_image::request::ImageRequest;
+use azure_openai_image::operation::Defaults;
+use azure_openai_image::operation::GenerationRequest;
+use azure_openai_image::reshape;
 use azure_openai_image::reshape::Reshaper;
-use azure_openai_image::response::images_response;
-use azure_openai_image::stream::{Defaults, completed_events};
+use azure_openai_image::stream::completed_events;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -34,13 +35,13 @@ const SIZES: [(&str, usize); 4] = [
 ];
 
 fn response(c: &mut Criterion) {
-    let mut group = c.benchmark_group("images_response");
+    let mut group = c.benchmark_group("reshape_whole");
     group.sample_size(20);
     for (name, size) in SIZES {
         let body = Bytes::from(azure_body(size));
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
-            b.iter(|| images_response(black_box(body.clone())).map(|r| r.body.len()))
+            b.iter(|| reshape::whole(black_box(body.clone())).map(|mut r| r.take_output().len()))
         });
     }
     group.finish();
@@ -79,7 +80,10 @@ fn response(c: &mut Criterion) {
         let body = azure_body(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
-            b.iter(|| completed_events(black_box(body), &defaults).map(|(events, _)| events.len()))
+            b.iter(|| {
+                completed_events(black_box(body), &defaults, "image_generation.completed")
+                    .map(|(events, _)| events.len())
+            })
         });
     }
     group.finish();
@@ -98,7 +102,7 @@ fn request(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("parse_validate_upstream_body", |b| {
         b.iter(|| {
-            let request = ImageRequest::parse(black_box(body)).expect("valid");
+            let request = GenerationRequest::parse(black_box(body)).expect("valid");
             request.validate_for(entry.spec).expect("valid");
             request.upstream_body(entry).len()
         })

@@ -1,11 +1,11 @@
 //! Who may spend the Azure key: the connector's own client keys, kept as a
 //! Secrets Manager secret and checked on every generation and model-list request.
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, INVALID_REQUEST, printable};
+use crate::error::ApiError;
 use crate::secrets::SecretError;
 
 /// The client keys in force: each kept only as its SHA-256.
@@ -57,15 +57,7 @@ impl Caller {
         if self.may_use(model) {
             return Ok(());
         }
-        Err(ApiError {
-            param: Some(param.into()),
-            ..ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                "model_not_allowed",
-                format!("Your API key is not allowed to use the model `{}`.", printable(model)),
-            )
-        })
+        Err(ApiError::model_not_allowed(model, param))
     }
 }
 
@@ -147,7 +139,7 @@ pub fn no_keys_configured() -> ApiError {
 }
 
 fn invalid_key(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, INVALID_REQUEST, "invalid_api_key", message)
+    ApiError::invalid_api_key(message)
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -191,6 +183,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -1,16 +1,22 @@
-//! The upstream client: POSTs to a configured Azure deployment, with retries
-//! bounded by the Lambda deadline.
+//! The upstream client and its one attempt loop: the model asked for, with
+//! retries bounded by the Lambda deadline, then its fallbacks. Buffered,
+//! relayed and streamed answers all come through [`AzureClient::call`].
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::StatusCode;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::config::{ModelEntry, RetrySettings};
+use crate::error::ApiError;
+use crate::observe::AttemptRecord;
+use crate::operation::{Operation, OperationRequest, UpstreamRequest};
 use crate::reshape::Reshaper;
-use crate::response::{UpstreamError, UpstreamFailure, UpstreamResponse, malformed};
 use crate::secrets::{ApiKey, SecretCache};
+use crate::upstream::{UpstreamError, UpstreamFailure, UpstreamResponse, upstream_unavailable};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time kept back from the Lambda deadline to send the answer.
@@ -58,44 +64,6 @@ pub fn backoff(retry: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// One upstream attempt, for the error message and the log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRecord {
-    pub model: String,
-    /// Azure's status; `None` when no answer came.
-    pub status: Option<u16>,
-    /// What became of it: `ok`, or the error code the client would see.
-    pub outcome: String,
-    pub ms: u64,
-    /// How long the connector waited before it.
-    pub waited_ms: u64,
-    /// Azure's `apim-request-id`, for support cases.
-    pub upstream_request_id: Option<String>,
-}
-
-impl AttemptRecord {
-    /// An attempt on `entry` begun at `started`: Azure's status and request id
-    /// when it answered (`outcome` is `ok` until a failure says otherwise).
-    pub fn new(
-        entry: &ModelEntry,
-        answer: Option<(StatusCode, &http::HeaderMap)>,
-        started: Instant,
-        waited: Duration,
-    ) -> Self {
-        Self {
-            model: entry.name.clone(),
-            status: answer.map(|(status, _)| status.as_u16()),
-            outcome: "ok".into(),
-            ms: started.elapsed().as_millis() as u64,
-            waited_ms: waited.as_millis() as u64,
-            upstream_request_id: answer
-                .and_then(|(_, headers)| headers.get("apim-request-id"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        }
-    }
-}
-
 /// The HTTP client for Azure, built once per execution environment.
 #[derive(Clone)]
 pub struct AzureClient {
@@ -119,73 +87,30 @@ impl AzureClient {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
-
-    /// POSTs `body` to the entry's generations URL. Returns once Azure's
-    /// headers are in, by `until`; a failure's body is read whole, a
-    /// success's is left to [`AzureClient::reshape`].
-    async fn send(
-        &self,
-        entry: &ModelEntry,
-        key: &ApiKey,
-        body: Bytes,
-        until: Instant,
-    ) -> Result<Result<reqwest::Response, UpstreamResponse>, UpstreamError> {
-        let attempt = async {
-            let response = self
-                .post(entry, key, body, "application/json")
-                .send()
-                .await
-                .map_err(classify)?;
-            if response.status().is_success() {
-                return Ok(Ok(response));
-            }
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(classify)?;
-            Ok(Err(UpstreamResponse { status, headers, body }))
-        };
-        tokio::time::timeout_at(until.into(), attempt)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout))
-    }
-
-    /// Reads a success body into a reshaper, by `until`. Returns when it has
-    /// all of it, or, with `commit_after`, as soon as the body has shown a
-    /// valid `created` and that many bytes of output wait: the rest is sent
-    /// on as it arrives (see [`crate::relay`]).
-    async fn reshape(
-        response: reqwest::Response,
-        until: Instant,
-        commit_after: Option<usize>,
-    ) -> Result<Success, UpstreamFailure> {
-        let mut body = http::Response::from(response).into_body();
-        let mut reshaper = Reshaper::new();
-        let reading = async {
-            loop {
-                let Some(frame) = body.frame().await else {
-                    reshaper.finish().map_err(|m| UpstreamFailure::fatal(malformed(m)))?;
-                    return Ok::<bool, UpstreamFailure>(false);
-                };
-                let Ok(data) = frame.map_err(|e| UpstreamFailure::from(classify(e)))?.into_data() else {
-                    continue;
-                };
-                reshaper.feed(data).map_err(|m| UpstreamFailure::fatal(malformed(m)))?;
-                if commit_after.is_some_and(|after| reshaper.created().is_some() && reshaper.pending_len() >= after) {
-                    return Ok(true);
-                }
-            }
-        };
-        let more = tokio::time::timeout_at(until.into(), reading)
-            .await
-            .unwrap_or_else(|_| Err(UpstreamError::Timeout.into()))?;
-        Ok(Success {
-            reshaper,
-            rest: more.then_some(UpstreamBody { body, until }),
-        })
-    }
 }
 
-/// Azure's answer to a generation, on its way to the client.
+/// What the caller wants of a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// An images response, reshaped. With `commit_after`, the call returns as
+    /// soon as the body has shown a valid `created` and that many bytes of
+    /// output wait: the rest is sent on as it arrives (see `relay`).
+    Images { commit_after: Option<usize> },
+    /// Azure's own event stream where the deployment streams; an images
+    /// response, whole, where it does not.
+    Events,
+}
+
+/// Azure's answer to a call, on its way to the client. One per request,
+/// moved once: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivery {
+    Images(Success),
+    /// An event stream, still arriving.
+    Events(UpstreamBody),
+}
+
+/// Azure's images response, reshaped.
 pub struct Success {
     /// The body read so far, reshaped; all of it when `rest` is `None`.
     pub reshaper: Reshaper,
@@ -199,54 +124,124 @@ pub struct UpstreamBody {
     pub until: Instant,
 }
 
+/// One request's call: the operation, the validated request, and the models
+/// to try, the one asked for first.
+pub struct Call<'a> {
+    pub operation: Operation,
+    pub request: &'a dyn OperationRequest,
+    pub chain: Vec<&'a ModelEntry>,
+    /// Configured fallbacks left out before the call, and why, for the error message.
+    pub skipped: Vec<String>,
+    pub budget: Budget,
+    pub want: Want,
+}
+
+/// Deployments that refused `stream` (an api-version without image
+/// streaming): their streams are made from one buffered call.
+#[derive(Debug, Default)]
+pub struct NoStreamMarks(Mutex<HashSet<String>>);
+
+impl NoStreamMarks {
+    pub fn is_marked(&self, entry: &ModelEntry) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&entry.name)
+    }
+
+    fn mark(&self, entry: &ModelEntry) {
+        tracing::info!(model = %entry.name, "the deployment does not stream; streams are made from buffered calls");
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.name.clone());
+    }
+}
+
+/// An attempt on `entry` begun at `started`: Azure's status and request id
+/// when it answered (`outcome` is `ok` until a failure says otherwise).
+fn record(
+    entry: &ModelEntry,
+    answer: Option<(StatusCode, &HeaderMap)>,
+    started: Instant,
+    waited: Duration,
+) -> AttemptRecord {
+    AttemptRecord {
+        model: entry.name.clone(),
+        status: answer.map(|(status, _)| status.as_u16()),
+        outcome: "ok".into(),
+        ms: started.elapsed().as_millis() as u64,
+        waited_ms: waited.as_millis() as u64,
+        upstream_request_id: answer
+            .and_then(|(_, headers)| headers.get("apim-request-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
 impl AzureClient {
-    /// The one request the connector makes: the configured URL, the key, JSON.
-    fn post(&self, entry: &ModelEntry, key: &ApiKey, body: Bytes, accept: &'static str) -> reqwest::RequestBuilder {
-        self.http
-            .post(entry.generations_url.clone())
-            .header("api-key", key.expose())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, accept)
-            .body(body)
-    }
-
-    /// POSTs a streamed request and returns once Azure's headers are in: the
-    /// body is read as it arrives. `timeout` bounds the wait for the headers.
-    pub async fn open(
+    /// The model asked for, then each fallback while the last failure was one
+    /// a fallback can help with (retryable after its retries, or a missing
+    /// deployment). When all fail, the primary's error, listing the attempts.
+    pub async fn call<'a>(
         &self,
-        entry: &ModelEntry,
-        key: &ApiKey,
-        body: Bytes,
-        timeout: Duration,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let request = self
-            .post(entry, key, body, "text/event-stream, application/json")
-            .send();
-        match tokio::time::timeout(timeout, request).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(UpstreamError::Timeout),
-        }
-    }
-
-    /// Generates on one model: retries 429, 408, 5xx, timeouts and connection
-    /// errors up to `max_retries` times, waiting as Azure says or with backoff,
-    /// and fetches the key again once after a 401 (rotation). Never starts a
-    /// wait or an attempt that cannot finish before the deadline: it answers
-    /// with the last failure instead. With `commit_after`, a success returns
-    /// as soon as that much of it is ready, the rest still arriving.
-    pub async fn generate_with_retries(
-        &self,
-        entry: &ModelEntry,
         keys: &SecretCache<ApiKey>,
-        body: Bytes,
-        budget: Budget,
-        commit_after: Option<usize>,
+        marks: &NoStreamMarks,
+        mut call: Call<'a>,
         attempts: &mut Vec<AttemptRecord>,
-    ) -> Result<Success, UpstreamFailure> {
+    ) -> Result<(Delivery, &'a ModelEntry), ApiError> {
+        let mut primary_error: Option<ApiError> = None;
+        // Fallbacks left out count only once the primary failed in a way they could have helped.
+        let mut fell_back = false;
+        let chain = std::mem::take(&mut call.chain);
+        for (i, entry) in chain.into_iter().enumerate() {
+            if i > 0 {
+                if call.budget.attempt(false).is_none() {
+                    call.skipped
+                        .push(format!("{}: no time left before the deadline", entry.name));
+                    break;
+                }
+                tracing::warn!(fallback = %entry.name, "trying a fallback model");
+            }
+            match self.on_model(keys, marks, &call, entry, attempts).await {
+                Ok(delivery) => return Ok((delivery, entry)),
+                Err(failure) => {
+                    let go_on = failure.fallback;
+                    fell_back |= go_on;
+                    primary_error.get_or_insert(failure.error);
+                    if !go_on {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut err = primary_error.unwrap_or_else(|| upstream_unavailable(UpstreamError::Timeout));
+        let skipped: &[String] = if fell_back { &call.skipped } else { &[] };
+        if attempts.len() > 1 || !skipped.is_empty() {
+            err.message = format!("{} Attempts: {}.", err.message, describe(attempts, skipped));
+        }
+        Err(err)
+    }
+
+    /// One model: retries 429, 408, 5xx, timeouts and connection errors up to
+    /// `max_retries` times, waiting as Azure says or with backoff, and fetches
+    /// the key again once after a 401 (rotation). A deployment that refuses
+    /// `stream` is marked and asked again without it. Never starts a wait or
+    /// an attempt that cannot finish before the deadline: it answers with the
+    /// last failure instead.
+    async fn on_model(
+        &self,
+        keys: &SecretCache<ApiKey>,
+        marks: &NoStreamMarks,
+        call: &Call<'_>,
+        entry: &ModelEntry,
+        attempts: &mut Vec<AttemptRecord>,
+    ) -> Result<Delivery, UpstreamFailure> {
+        let budget = call.budget;
         let mut key = keys
             .get(&entry.secret_id)
             .await
             .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
+        let mut stream = call.want == Want::Events && entry.spec.always_b64 && !marks.is_marked(entry);
+        let mut upstream = call.request.upstream(entry, stream);
+        let url = call.operation.url(entry);
         let mut retries = 0;
         let mut rotated = false;
         let mut waited = Duration::ZERO;
@@ -257,15 +252,16 @@ impl AzureClient {
             };
             let started = Instant::now();
             let until = started + timeout;
-            let result = self.send(entry, &key, body.clone(), until).await;
+            let accept = if stream { EVENTS_OR_JSON } else { JSON };
+            let result = self.send(url, &key, &upstream, accept, until).await;
             let answer = match &result {
                 Ok(Ok(response)) => Some((response.status(), response.headers())),
                 Ok(Err(failed)) => Some((failed.status, &failed.headers)),
                 Err(_) => None,
             };
-            let mut record = AttemptRecord::new(entry, answer, started, waited);
+            let mut record = record(entry, answer, started, waited);
             let failure = match result {
-                Ok(Err(response)) if response.status == StatusCode::UNAUTHORIZED && !rotated => {
+                Ok(Err(response)) if response.rejects_key() && !rotated => {
                     rotated = true;
                     record.outcome = "key_rejected".into();
                     attempts.push(record);
@@ -277,15 +273,35 @@ impl AzureClient {
                     waited = Duration::ZERO;
                     continue;
                 }
-                Ok(Ok(response)) => match Self::reshape(response, until, commit_after).await {
-                    Ok(success) => {
-                        // The time to Azure's whole body, or to the point its rest is relayed from.
-                        record.ms = started.elapsed().as_millis() as u64;
-                        attempts.push(record);
-                        return Ok(success);
+                Ok(Ok(response)) if stream && is_event_stream(response.headers()) => {
+                    attempts.push(record);
+                    let body = http::Response::from(response).into_body();
+                    return Ok(Delivery::Events(UpstreamBody { body, until }));
+                }
+                Ok(Ok(response)) => {
+                    let commit_after = match call.want {
+                        Want::Images { commit_after } => commit_after,
+                        Want::Events => None,
+                    };
+                    match reshape(response, until, commit_after).await {
+                        Ok(success) => {
+                            // The time to Azure's whole body, or to the point its rest is relayed from.
+                            record.ms = started.elapsed().as_millis() as u64;
+                            attempts.push(record);
+                            return Ok(Delivery::Images(success));
+                        }
+                        Err(failure) => failure,
                     }
-                    Err(failure) => failure,
-                },
+                }
+                Ok(Err(response)) if stream && response.refuses_streaming() => {
+                    record.outcome = "stream_refused".into();
+                    attempts.push(record);
+                    marks.mark(entry);
+                    stream = false;
+                    upstream = call.request.upstream(entry, false);
+                    waited = Duration::ZERO;
+                    continue;
+                }
                 Ok(Err(response)) => UpstreamFailure::from_response(&response, entry),
                 Err(err) => UpstreamFailure::from(err),
             };
@@ -304,6 +320,98 @@ impl AzureClient {
             last = Some(failure);
         }
     }
+
+    /// POSTs the upstream request. Returns once Azure's headers are in, by
+    /// `until`; a failure's body is read whole, a success's is left to the caller.
+    async fn send(
+        &self,
+        url: &url::Url,
+        key: &ApiKey,
+        upstream: &UpstreamRequest,
+        accept: HeaderValue,
+        until: Instant,
+    ) -> Result<Result<reqwest::Response, UpstreamResponse>, UpstreamError> {
+        let attempt = async {
+            let response = self
+                .http
+                .post(url.clone())
+                .header("api-key", key.expose())
+                .header(CONTENT_TYPE, upstream.content_type.clone())
+                .header(ACCEPT, accept)
+                .body(upstream.body.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            if response.status().is_success() {
+                return Ok(Ok(response));
+            }
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(classify)?;
+            Ok(Err(UpstreamResponse { status, headers, body }))
+        };
+        tokio::time::timeout_at(until.into(), attempt)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const EVENTS_OR_JSON: HeaderValue = HeaderValue::from_static("text/event-stream, application/json");
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Reads a success body into a reshaper, by `until`. Returns when it has all
+/// of it, or, with `commit_after`, as soon as the body has shown a valid
+/// `created` and that many bytes of output wait.
+async fn reshape(
+    response: reqwest::Response,
+    until: Instant,
+    commit_after: Option<usize>,
+) -> Result<Success, UpstreamFailure> {
+    let mut body = http::Response::from(response).into_body();
+    let mut reshaper = Reshaper::new();
+    let malformed = |m| UpstreamFailure::fatal(ApiError::upstream_invalid_response(m));
+    let reading = async {
+        loop {
+            let Some(frame) = body.frame().await else {
+                reshaper.finish().map_err(malformed)?;
+                return Ok::<bool, UpstreamFailure>(false);
+            };
+            let Ok(data) = frame.map_err(|e| UpstreamFailure::from(classify(e)))?.into_data() else {
+                continue;
+            };
+            reshaper.feed(data).map_err(malformed)?;
+            if commit_after.is_some_and(|after| reshaper.created().is_some() && reshaper.pending_len() >= after) {
+                return Ok(true);
+            }
+        }
+    };
+    let more = tokio::time::timeout_at(until.into(), reading)
+        .await
+        .unwrap_or_else(|_| Err(UpstreamError::Timeout.into()))?;
+    Ok(Success {
+        reshaper,
+        rest: more.then_some(UpstreamBody { body, until }),
+    })
+}
+
+/// `azure-image: 503 upstream_error; azure-image: 503 upstream_error; skipped dall-e-3: …`.
+fn describe(attempts: &[AttemptRecord], skipped: &[String]) -> String {
+    attempts
+        .iter()
+        .map(|a| match a.status {
+            Some(status) => format!("{}: {} {}", a.model, status, a.outcome),
+            None => format!("{}: no answer ({})", a.model, a.outcome),
+        })
+        .chain(skipped.iter().map(|s| format!("skipped {s}")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn classify(err: reqwest::Error) -> UpstreamError {

@@ -1,7 +1,14 @@
-//! The one error type every failure becomes, and the one place that renders it
-//! as the OpenAI error body.
+//! Every error the connector answers, and the one place that renders it as
+//! the OpenAI error body.
+//!
+//! The table below is the whole list: each error's status, `type` and `code`
+//! in one line. Other modules build errors with the constructors here and
+//! never choose a status themselves. Azure's own refusals of a request (a
+//! 400 naming a field, a content filter) pass through with Azure's code; they
+//! are built by [`ApiError::upstream_rejected`].
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
@@ -10,6 +17,65 @@ use serde_json::value::RawValue;
 /// What `type` an OpenAI error carries.
 pub const INVALID_REQUEST: &str = "invalid_request_error";
 pub const SERVER_ERROR: &str = "server_error";
+const PERMISSION: &str = "permission_error";
+/// OpenAI's `type` for a rate limit.
+const REQUESTS: &str = "requests";
+
+/// One row of the table: the status, `type` and `code` of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+}
+
+macro_rules! errors {
+    ($($(#[$doc:meta])* $name:ident = $status:literal $kind:ident $code:literal;)*) => {
+        $($(#[$doc])* pub const $name: Spec = Spec { status: $status, kind: $kind, code: $code };)*
+        /// Every row, in table order: the codes a client can receive from the connector itself.
+        pub const ALL: &[Spec] = &[$($name),*];
+    };
+}
+
+errors! {
+    // The request, before any upstream call.
+    INVALID_JSON = 400 INVALID_REQUEST "invalid_json";
+    INVALID_CONTENT_TYPE = 400 INVALID_REQUEST "invalid_content_type";
+    MISSING_REQUIRED_PARAMETER = 400 INVALID_REQUEST "missing_required_parameter";
+    EMPTY_STRING = 400 INVALID_REQUEST "empty_string";
+    INVALID_TYPE = 400 INVALID_REQUEST "invalid_type";
+    INVALID_VALUE = 400 INVALID_REQUEST "invalid_value";
+    INTEGER_BELOW_MIN_VALUE = 400 INVALID_REQUEST "integer_below_min_value";
+    INTEGER_ABOVE_MAX_VALUE = 400 INVALID_REQUEST "integer_above_max_value";
+    STRING_ABOVE_MAX_LENGTH = 400 INVALID_REQUEST "string_above_max_length";
+    UNSUPPORTED_VALUE = 400 INVALID_REQUEST "unsupported_value";
+    UNSUPPORTED_PARAMETER = 400 INVALID_REQUEST "unsupported_parameter";
+    /// A `fallbacks` item that is not a configured model.
+    FALLBACK_NOT_FOUND = 400 INVALID_REQUEST "model_not_found";
+    INVALID_API_KEY = 401 INVALID_REQUEST "invalid_api_key";
+    MODEL_NOT_ALLOWED = 403 PERMISSION "model_not_allowed";
+    MODEL_NOT_FOUND = 404 INVALID_REQUEST "model_not_found";
+    NOT_FOUND = 404 INVALID_REQUEST "not_found";
+    METHOD_NOT_ALLOWED = 405 INVALID_REQUEST "method_not_allowed";
+    REQUEST_TOO_LARGE = 413 INVALID_REQUEST "request_too_large";
+    /// More than a buffered front door returns. A 4xx: SDKs do not retry it.
+    RESPONSE_TOO_LARGE = 413 INVALID_REQUEST "response_too_large";
+    // Azure's answer.
+    /// Azure's content filter refused the prompt or an image (passed through as Azure's 400).
+    CONTENT_POLICY_VIOLATION = 400 INVALID_REQUEST "content_policy_violation";
+    UPSTREAM_RATE_LIMITED = 429 REQUESTS "rate_limit_exceeded";
+    UPSTREAM_AUTH_FAILED = 502 SERVER_ERROR "upstream_auth_failed";
+    UPSTREAM_FORBIDDEN = 502 SERVER_ERROR "upstream_forbidden";
+    UPSTREAM_DEPLOYMENT_NOT_FOUND = 502 SERVER_ERROR "upstream_deployment_not_found";
+    UPSTREAM_ERROR = 502 SERVER_ERROR "upstream_error";
+    UPSTREAM_UNREACHABLE = 502 SERVER_ERROR "upstream_unreachable";
+    UPSTREAM_INVALID_RESPONSE = 502 SERVER_ERROR "upstream_invalid_response";
+    UPSTREAM_TIMEOUT = 504 SERVER_ERROR "upstream_timeout";
+    // The connector's own setup.
+    INTERNAL_ERROR = 500 SERVER_ERROR "internal_error";
+    SECRET_MISCONFIGURED = 500 SERVER_ERROR "secret_misconfigured";
+    SECRETS_UNAVAILABLE = 503 SERVER_ERROR "secrets_unavailable";
+}
 
 /// A failure that reaches the client: the status, the OpenAI error fields and
 /// the headers that go with it. Messages never hold a key, a secret value, an
@@ -24,15 +90,16 @@ pub struct ApiError {
     /// Azure's `inner_error` (content filter results), passed through verbatim.
     pub inner_error: Option<Box<RawValue>>,
     /// How long the client should wait, for `Retry-After` on 429 and 503.
-    pub retry_after: Option<std::time::Duration>,
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error of the table with its message.
+    pub fn new(spec: Spec, message: impl Into<String>) -> Self {
         Self {
-            status,
-            kind: Cow::Borrowed(kind),
-            code: Some(Cow::Borrowed(code)),
+            status: StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            kind: Cow::Borrowed(spec.kind),
+            code: Some(Cow::Borrowed(spec.code)),
             message: message.into(),
             param: None,
             inner_error: None,
@@ -40,63 +107,141 @@ impl ApiError {
         }
     }
 
-    /// A 400 on one request field.
-    pub fn invalid_param(param: impl Into<Cow<'static, str>>, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            param: Some(param.into()),
-            ..Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, code, message)
-        }
-    }
-
-    pub fn invalid_body(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid_json", message)
-    }
-
-    pub fn model_not_found(name: &str, param: &'static str) -> Self {
-        Self {
-            param: Some(Cow::Borrowed(param)),
-            ..Self::new(
-                StatusCode::NOT_FOUND,
-                INVALID_REQUEST,
-                "model_not_found",
-                format!(
-                    "The model `{}` does not exist or you do not have access to it.",
-                    printable(name)
-                ),
-            )
-        }
-    }
-
-    pub fn not_found(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            INVALID_REQUEST,
-            "not_found",
-            format!("Unknown request URL: {}.", printable(path)),
-        )
-    }
-
-    pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            INVALID_REQUEST,
-            "method_not_allowed",
-            format!("Method {} is not allowed on {}.", printable(method), printable(path)),
-        )
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            SERVER_ERROR,
-            "internal_error",
-            message,
-        )
+    /// An error about one request field.
+    pub fn param(spec: Spec, param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(spec, message).with_param(param)
     }
 
     pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
         self.param = Some(param.into());
         self
+    }
+
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    /// Azure refused the request itself (400, 413, 415, 422): its status, and
+    /// its words, which the client can act on.
+    pub fn upstream_rejected(
+        status: u16,
+        kind: Option<String>,
+        code: Option<String>,
+        message: Option<String>,
+        param: Option<String>,
+        inner_error: Option<Box<RawValue>>,
+    ) -> Self {
+        Self {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            kind: Cow::Owned(
+                kind.filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| INVALID_REQUEST.to_owned()),
+            ),
+            code: code.map(Cow::Owned),
+            message: message
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("The Azure deployment rejected the request with status {status}.")),
+            param: param.map(Cow::Owned),
+            inner_error,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(INVALID_JSON, message)
+    }
+
+    pub fn invalid_content_type() -> Self {
+        Self::new(
+            INVALID_CONTENT_TYPE,
+            "The request body must be JSON, sent with `Content-Type: application/json`.",
+        )
+    }
+
+    pub fn request_too_large(limit: usize) -> Self {
+        Self::new(
+            REQUEST_TOO_LARGE,
+            format!("The request body is larger than {limit} bytes."),
+        )
+    }
+
+    pub fn response_too_large(size: usize, limit: usize) -> Self {
+        Self::new(
+            RESPONSE_TOO_LARGE,
+            format!(
+                "The images came to {:.1} MB, more than this endpoint can return ({:.1} MB, a buffered Lambda response). \
+                 Ask for fewer images (n), a smaller size or output_format jpeg, or call the streaming endpoint (the Function URL).",
+                size as f64 / 1e6,
+                limit as f64 / 1e6
+            ),
+        )
+    }
+
+    pub fn invalid_api_key(message: &str) -> Self {
+        Self::new(INVALID_API_KEY, message)
+    }
+
+    /// 403 for a model outside the key's list: names the model, not the key.
+    pub fn model_not_allowed(model: &str, param: &'static str) -> Self {
+        Self::param(
+            MODEL_NOT_ALLOWED,
+            param,
+            format!("Your API key is not allowed to use the model `{}`.", printable(model)),
+        )
+    }
+
+    pub fn model_not_found(name: &str, param: &'static str) -> Self {
+        Self::param(
+            MODEL_NOT_FOUND,
+            param,
+            format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                printable(name)
+            ),
+        )
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(NOT_FOUND, format!("Unknown request URL: {}.", printable(path)))
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            METHOD_NOT_ALLOWED,
+            format!("Method {} is not allowed on {}.", printable(method), printable(path)),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(INTERNAL_ERROR, message)
+    }
+
+    /// Secrets Manager is down or throttling: worth a retry shortly.
+    pub fn secrets_unavailable(what: &str) -> Self {
+        Self::new(
+            SECRETS_UNAVAILABLE,
+            format!("The connector could not read {what} from AWS Secrets Manager. Please retry shortly."),
+        )
+        .with_retry_after(Some(Duration::from_secs(1)))
+    }
+
+    /// The operator must act: `what` names the secret for people, never its id or value.
+    pub fn secret_misconfigured(what: &str) -> Self {
+        Self::new(
+            SECRET_MISCONFIGURED,
+            format!(
+                "The connector cannot use {what}. The operator must check the secret and the function's access to it."
+            ),
+        )
+    }
+
+    /// 502 for a success body that is not what the operation answers.
+    pub fn upstream_invalid_response(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            UPSTREAM_INVALID_RESPONSE,
+            format!("The Azure deployment answered with a body that {what}."),
+        )
     }
 
     /// The OpenAI error body, with the gateway's `status_code` and `extra_fields`.
@@ -150,8 +295,8 @@ pub struct ErrorContext<'a> {
     pub request_type: &'a str,
 }
 
-/// A client-supplied string made safe to echo in a message: bounded length,
-/// control characters replaced.
+/// A client-supplied string made safe to echo in a message or a log line:
+/// bounded length, control characters replaced.
 pub fn printable(s: &str) -> String {
     const LIMIT: usize = 64;
     let mut out: String = s
@@ -179,7 +324,7 @@ mod tests {
 
     #[test]
     fn error_body_has_the_four_openai_keys_and_the_gateway_fields() {
-        let body = render(&ApiError::invalid_param("size", "invalid_value", "bad size"));
+        let body = render(&ApiError::param(INVALID_VALUE, "size", "bad size"));
         assert_eq!(body["error"]["message"], "bad size");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["param"], "size");
@@ -203,7 +348,7 @@ mod tests {
 
     #[test]
     fn inner_error_passes_through_verbatim() {
-        let mut err = ApiError::invalid_param("prompt", "content_policy_violation", "filtered");
+        let mut err = ApiError::param(CONTENT_POLICY_VIOLATION, "prompt", "filtered");
         err.inner_error = RawValue::from_string(r#"{"code":"ResponsibleAIPolicyViolation"}"#.into()).ok();
         let body = render(&err);
         assert_eq!(body["error"]["inner_error"]["code"], "ResponsibleAIPolicyViolation");
@@ -214,5 +359,19 @@ mod tests {
         let echoed = printable(&format!("a\nb{}", "x".repeat(500)));
         assert!(echoed.starts_with("a?b"));
         assert!(echoed.chars().count() <= 65);
+    }
+
+    #[test]
+    fn every_row_has_a_real_status_and_a_known_type() {
+        for spec in ALL {
+            assert!(StatusCode::from_u16(spec.status).is_ok(), "{spec:?}");
+            assert!((400..600).contains(&spec.status), "{spec:?}");
+            assert!(
+                [INVALID_REQUEST, SERVER_ERROR, PERMISSION, REQUESTS].contains(&spec.kind),
+                "{spec:?}"
+            );
+            let err = ApiError::new(*spec, "m");
+            assert_eq!(err.status.as_u16(), spec.status);
+        }
     }
 }

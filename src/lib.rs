@@ -1,20 +1,26 @@
-//! An AWS Lambda function that serves the OpenAI image generation API on
-//! Azure OpenAI image deployments, with the Azure key in AWS Secrets Manager.
+//! An AWS Lambda function that serves the OpenAI image API on Azure OpenAI
+//! image deployments, with its secrets in AWS Secrets Manager.
 //!
-//! The data flows through the modules in this order: a front door
-//! ([`lambda`] or [`local`]) → [`handler`] (route) → [`auth`] (the caller)
-//! → `generation` (the flow of one request: [`request`] validated for the
-//! model in [`models`], then the model and its fallbacks) → [`secrets`] (the
-//! key) → [`azure`] (the call, with retries) → [`response`] (OpenAI format)
-//! → out, with [`error`] the one shape every failure takes.
+//! The data flows through the modules in this order (ARCHITECTURE.md says
+//! more): a front door ([`front`]) → [`routes`] (the route, and the one place
+//! every answer is finished) → [`pipeline`] (the caller from [`auth`], the
+//! request parsed and checked by its [`operation`] for the model in
+//! [`models`]) → [`secrets`] (the key) → [`azure`] (the one attempt loop) →
+//! [`upstream`] (Azure's failures in OpenAI's words) or [`reshape`] (Azure's
+//! success in OpenAI's format), whole, [`relay`]ed or as a [`stream`] of
+//! events → out, with the request's log line from [`observe`]. Every failure
+//! is an [`error`]; [`exchange`] holds the request and body types they share.
 
 pub mod config;
 pub mod error;
+pub mod json_text;
 pub mod models;
-pub mod request;
+pub mod operation;
 pub mod reshape;
-pub mod response;
+pub mod sse;
 
+#[cfg(feature = "runtime")]
+pub mod app;
 #[cfg(feature = "runtime")]
 pub mod auth;
 #[cfg(feature = "runtime")]
@@ -22,27 +28,27 @@ pub mod aws_http;
 #[cfg(feature = "runtime")]
 pub mod azure;
 #[cfg(feature = "runtime")]
-mod generation;
+pub mod exchange;
 #[cfg(feature = "runtime")]
-pub mod handler;
-#[cfg(feature = "runtime")]
-pub mod lambda;
-#[cfg(feature = "runtime")]
-pub mod local;
+pub mod front;
 #[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
+mod pipeline;
+#[cfg(feature = "runtime")]
 pub mod relay;
 #[cfg(feature = "runtime")]
-pub mod runtime;
+pub mod routes;
 #[cfg(feature = "runtime")]
 pub mod secrets;
 #[cfg(feature = "runtime")]
 pub mod stream;
-
-pub use config::Config;
 #[cfg(feature = "runtime")]
-pub use handler::App;
+pub mod upstream;
+
+#[cfg(feature = "runtime")]
+pub use app::App;
+pub use config::Config;
 
 /// Builds the app's long-lived parts from a configuration: the HTTP client,
 /// and the Secrets Manager client over it (region, credentials and endpoint

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use azure_openai_image::{Config, build_app, local, observe, runtime};
+use azure_openai_image::front::{local, runtime};
+use azure_openai_image::{Config, build_app, observe};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {

@@ -1,18 +1,19 @@
 //! What an operator sees in CloudWatch: one JSON log line per request, and
-//! one CloudWatch Embedded Metric Format record per generation request.
+//! one CloudWatch Embedded Metric Format record per image request.
 //! Neither ever holds a prompt (its length only), a key or a secret value.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::azure::AttemptRecord;
-use crate::response::Usage;
+use crate::config::ModelEntry;
+use crate::error::ErrorContext;
+use crate::reshape::Usage;
 
 /// The JSON log format of `main`, writing to `writer`, filtered by `RUST_LOG`
 /// (default `info`): a level, or `target=level` directives such as
@@ -65,12 +66,6 @@ impl MetricsSink {
             write: Arc::new(write),
         }
     }
-
-    pub fn emit(&self, record: &RequestRecord<'_>) {
-        if let Some(line) = record.emf(&self.namespace, now_ms()) {
-            (self.write)(&line);
-        }
-    }
 }
 
 fn now_ms() -> u64 {
@@ -80,44 +75,139 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Everything one request's log line says.
-#[derive(Debug, Default)]
-pub struct RequestRecord<'a> {
-    pub request_id: &'a str,
-    pub method: &'a str,
-    pub route: &'a str,
-    /// The client key's `name`.
-    pub client: Option<&'a str>,
-    /// What the client named (model or deployment id), as sent.
-    pub model_requested: Option<&'a str>,
-    /// The configured model it selected.
-    pub model: Option<&'a str>,
-    pub served_model: Option<&'a str>,
-    pub azure_model: Option<&'a str>,
-    pub deployment: Option<&'a str>,
-    pub fallback_used: bool,
-    pub n: Option<u32>,
-    pub size: Option<&'a str>,
-    pub quality: Option<&'a str>,
-    pub stream: Option<bool>,
-    pub prompt_chars: Option<usize>,
-    pub status: u16,
-    pub error_code: Option<&'a str>,
-    pub attempts: &'a [AttemptRecord],
-    pub total_ms: u64,
-    pub bytes_out: usize,
-    pub images: Option<usize>,
-    pub usage: Option<Usage>,
+/// One upstream attempt, for the error message and the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub model: String,
+    /// Azure's status; `None` when no answer came.
+    pub status: Option<u16>,
+    /// What became of it: `ok`, or the error code the client would see.
+    pub outcome: String,
+    pub ms: u64,
+    /// How long the connector waited before it.
+    pub waited_ms: u64,
+    /// Azure's `apim-request-id`, for support cases.
+    pub upstream_request_id: Option<String>,
 }
 
-impl RequestRecord<'_> {
+/// What one request's log line says, filled as the request goes and written
+/// once, when its answer is finished (for a streamed body, when it ends).
+/// Never the prompt (its length only), never a key; client text only as
+/// [`printable`] makes it.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub started: Instant,
+    pub request_id: String,
+    pub method: String,
+    /// The route's name (`openai_generations`, `models`, …).
+    pub route: &'static str,
+    /// What the error body's `extra_fields.request_type` says.
+    pub request_type: &'static str,
+    /// Whether the request makes an EMF record (image operations do).
+    pub metered: bool,
+    /// The client key's `name`.
+    pub client: Option<String>,
+    /// What the client named (model or deployment id), as sent.
+    pub model_requested: Option<String>,
+    /// The configured model it selected, and the one that answered.
+    pub model: Option<String>,
+    pub served_model: Option<String>,
+    pub azure_model: Option<String>,
+    pub deployment: Option<String>,
+    pub n: Option<u32>,
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    pub stream: Option<bool>,
+    pub prompt_chars: Option<usize>,
+    pub attempts: Vec<AttemptRecord>,
+    pub images: Option<usize>,
+    pub usage: Option<Usage>,
+    /// The error code of an answer that failed after its status went out
+    /// (an `error` event, a body that broke off).
+    pub late_error: Option<String>,
+}
+
+impl RequestLog {
+    pub fn new(request_id: &str, method: &str) -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: request_id.to_owned(),
+            method: method.to_owned(),
+            route: "",
+            request_type: "unknown",
+            metered: false,
+            client: None,
+            model_requested: None,
+            model: None,
+            served_model: None,
+            azure_model: None,
+            deployment: None,
+            n: None,
+            size: None,
+            quality: None,
+            stream: None,
+            prompt_chars: None,
+            attempts: Vec::new(),
+            images: None,
+            usage: None,
+            late_error: None,
+        }
+    }
+
+    /// The configured model the request selected.
+    pub fn selected(&mut self, entry: &ModelEntry) {
+        self.model = Some(entry.name.clone());
+        self.set_azure(entry);
+    }
+
+    /// The configured model that answered.
+    pub fn served_by(&mut self, entry: &ModelEntry) {
+        self.served_model = Some(entry.name.clone());
+        self.set_azure(entry);
+    }
+
+    fn set_azure(&mut self, entry: &ModelEntry) {
+        self.azure_model = Some(entry.model.clone());
+        self.deployment = Some(entry.deployment.clone());
+    }
+
+    /// What the error body says about this request.
+    pub fn error_context(&self) -> ErrorContext<'_> {
+        ErrorContext {
+            model_requested: self.model_requested.as_deref(),
+            request_type: self.request_type,
+        }
+    }
+
+    /// Azure's request id of the last attempt that had one.
+    pub fn upstream_request_id(&self) -> Option<&str> {
+        self.attempts
+            .iter()
+            .rev()
+            .find_map(|a| a.upstream_request_id.as_deref())
+    }
+
     /// Milliseconds spent waiting on Azure, over every attempt.
     pub fn upstream_ms(&self) -> Option<u64> {
         (!self.attempts.is_empty()).then(|| self.attempts.iter().map(|a| a.ms).sum())
     }
 
+    fn fallback_used(&self) -> bool {
+        self.served_model.is_some() && self.served_model != self.model
+    }
+
+    /// The log line and the EMF record, once: the log is consumed.
+    pub fn write(self, metrics: &MetricsSink, status: u16, error_code: Option<&str>, bytes_out: usize) {
+        let error_code = error_code.or(self.late_error.as_deref());
+        let total_ms = self.started.elapsed().as_millis() as u64;
+        self.log(status, error_code, bytes_out, total_ms);
+        if let Some(line) = self.emf(&metrics.namespace, now_ms(), status, error_code, total_ms) {
+            (metrics.write)(&line);
+        }
+    }
+
     /// The one log line, at info.
-    pub fn log(&self) {
+    fn log(&self, status: u16, error_code: Option<&str>, bytes_out: usize, total_ms: u64) {
         let upstream: Vec<String> = self
             .attempts
             .iter()
@@ -137,19 +227,19 @@ impl RequestRecord<'_> {
             served_model = self.served_model,
             azure_model = self.azure_model,
             deployment = self.deployment,
-            fallback_used = self.fallback_used,
+            fallback_used = self.fallback_used(),
             n = self.n,
             size = self.size,
             quality = self.quality,
             stream = self.stream,
             prompt_chars = self.prompt_chars,
-            status = self.status,
-            error_code = self.error_code,
+            status,
+            error_code,
             upstream_attempts = self.attempts.len(),
             upstream = ?upstream,
             upstream_ms = self.upstream_ms(),
-            total_ms = self.total_ms,
-            bytes_out = self.bytes_out,
+            total_ms,
+            bytes_out,
             images = self.images,
             input_tokens = self.usage.map(|_| usage.input_tokens),
             output_tokens = self.usage.map(|_| usage.output_tokens),
@@ -158,14 +248,25 @@ impl RequestRecord<'_> {
         );
     }
 
-    /// The EMF record of a generation request; `None` for other routes.
+    /// The EMF record of an image operation; `None` for other routes.
     /// `Model` is always a configured name (or `unknown`), never client text,
     /// so a caller cannot create metric dimensions.
-    pub fn emf(&self, namespace: &str, timestamp_ms: u64) -> Option<String> {
-        if !matches!(self.route, "openai_generations" | "azure_generations") {
+    fn emf(
+        &self,
+        namespace: &str,
+        timestamp_ms: u64,
+        status: u16,
+        error_code: Option<&str>,
+        total_ms: u64,
+    ) -> Option<String> {
+        if !self.metered {
             return None;
         }
-        let model = self.served_model.or(self.model).unwrap_or("unknown");
+        let model = self
+            .served_model
+            .as_deref()
+            .or(self.model.as_deref())
+            .unwrap_or("unknown");
         let mut values = Map::new();
         let mut metrics = Vec::new();
         let mut metric = |name: &str, unit: &str, value: u64| {
@@ -173,7 +274,7 @@ impl RequestRecord<'_> {
             values.insert(name.to_owned(), json!(value));
         };
         metric("Requests", "Count", 1);
-        metric("TotalLatency", "Milliseconds", self.total_ms);
+        metric("TotalLatency", "Milliseconds", total_ms);
         if let Some(ms) = self.upstream_ms() {
             metric("UpstreamLatency", "Milliseconds", ms);
         }
@@ -186,8 +287,8 @@ impl RequestRecord<'_> {
         }
         let mut directives = vec![json!({"Namespace": namespace, "Dimensions": [["Model"]], "Metrics": metrics})];
         // A 200 fails too when its body breaks off after the start, or a stream ends in an error event.
-        if self.status >= 400 || self.error_code.is_some() {
-            let code = self.error_code.filter(|c| !c.is_empty()).unwrap_or("unknown");
+        if status >= 400 || error_code.is_some() {
+            let code = error_code.filter(|c| !c.is_empty()).unwrap_or("unknown");
             directives.push(json!({
                 "Namespace": namespace,
                 "Dimensions": [["Model", "ErrorCode"]],
@@ -198,7 +299,7 @@ impl RequestRecord<'_> {
         }
         values.insert("Model".into(), json!(model));
         values.insert("RequestId".into(), json!(self.request_id));
-        values.insert("Status".into(), json!(self.status));
+        values.insert("Status".into(), json!(status));
         values.insert(
             "_aws".into(),
             json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": directives}),
@@ -238,31 +339,34 @@ mod tests {
         }
     }
 
-    fn emf(record: &RequestRecord<'_>) -> Value {
-        serde_json::from_str(&record.emf("AzureOpenAIImage", 1).expect("a generation")).expect("EMF is JSON")
+    fn log(route: &'static str) -> RequestLog {
+        let mut log = RequestLog::new("r1", "POST");
+        log.route = route;
+        log.metered = route.ends_with("generations");
+        log
+    }
+
+    fn emf(log: &RequestLog, status: u16, error_code: Option<&str>, total_ms: u64) -> Value {
+        let line = log
+            .emf("AzureOpenAIImage", 1, status, error_code, total_ms)
+            .expect("an image request");
+        serde_json::from_str(&line).expect("EMF is JSON")
     }
 
     #[test]
     fn a_success_records_requests_latency_images_and_tokens_by_model() {
-        let attempts = [attempt(200, "ok", 40)];
-        let record = RequestRecord {
-            request_id: "r1",
-            route: "openai_generations",
-            model: Some("azure-image"),
-            served_model: Some("azure-image"),
-            status: 200,
-            attempts: &attempts,
-            total_ms: 45,
-            images: Some(2),
-            usage: Some(Usage {
-                input_tokens: 50,
-                output_tokens: 100,
-                total_tokens: 150,
-                ..Usage::default()
-            }),
-            ..RequestRecord::default()
-        };
-        let emf = emf(&record);
+        let mut log = log("openai_generations");
+        log.model = Some("azure-image".into());
+        log.served_model = Some("azure-image".into());
+        log.attempts = vec![attempt(200, "ok", 40)];
+        log.images = Some(2);
+        log.usage = Some(Usage {
+            input_tokens: 50,
+            output_tokens: 100,
+            total_tokens: 150,
+            ..Usage::default()
+        });
+        let emf = emf(&log, 200, None, 45);
         assert_eq!(emf["Model"], "azure-image");
         assert_eq!((emf["Requests"].as_u64(), emf["Images"].as_u64()), (Some(1), Some(2)));
         assert_eq!(
@@ -278,14 +382,9 @@ mod tests {
 
     #[test]
     fn an_error_records_errors_by_model_and_code() {
-        let record = RequestRecord {
-            route: "azure_generations",
-            status: 404,
-            error_code: Some("model_not_found"),
-            model_requested: Some("client-text"),
-            ..RequestRecord::default()
-        };
-        let emf = emf(&record);
+        let mut log = log("azure_generations");
+        log.model_requested = Some("client-text".into());
+        let emf = emf(&log, 404, Some("model_not_found"), 1);
         assert_eq!(emf["Errors"], 1);
         assert_eq!(emf["ErrorCode"], "model_not_found");
         assert_eq!(emf["Model"], "unknown", "client text never becomes a dimension");
@@ -293,14 +392,9 @@ mod tests {
     }
 
     #[test]
-    fn only_generations_make_metrics() {
+    fn only_image_operations_make_metrics() {
         for route in ["models", "health", "not_found"] {
-            let record = RequestRecord {
-                route,
-                status: 200,
-                ..RequestRecord::default()
-            };
-            assert!(record.emf("AzureOpenAIImage", 1).is_none());
+            assert!(log(route).emf("AzureOpenAIImage", 1, 200, None, 1).is_none());
         }
     }
 }

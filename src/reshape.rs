@@ -17,7 +17,36 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::response::Usage;
+use crate::json_text::{Utf8Tail, plain_len};
+
+/// Token usage as gpt-image models report it (`ImagesUsage`); dall-e-3 reports none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub input_tokens_details: UsageDetails,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct UsageDetails {
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub image_tokens: u64,
+}
+
+/// A whole body reshaped at once: the output waits in the reshaper.
+pub fn whole(body: Bytes) -> Result<Reshaper, Malformed> {
+    let mut reshaper = Reshaper::new();
+    reshaper.feed(body)?;
+    reshaper.finish()?;
+    Ok(reshaper)
+}
 
 /// Why Azure's 200 body is not an images response: what the body "…".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -174,7 +203,7 @@ impl Reshaper {
     /// Reads the next chunk of Azure's body. After an error the reshaper is
     /// spent: the body is not an images response, whatever follows.
     pub fn feed(&mut self, chunk: Bytes) -> Result<(), Malformed> {
-        self.utf8.check(&chunk)?;
+        self.utf8.check(&chunk).map_err(|_| Malformed::NotJson)?;
         let bytes: &[u8] = &chunk;
         // Where the input not yet passed on starts.
         let mut run = 0;
@@ -479,114 +508,6 @@ fn key_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
         .map(std::borrow::Cow::Owned)
 }
 
-/// The length of the prefix of `s` a JSON string passes over as is: up to the
-/// first `"`, `\\` or control character. 32 bytes a step while none is in
-/// sight (image data), then eight at a time to find it.
-pub fn plain_len(s: &[u8]) -> usize {
-    let (blocks, _) = s.as_chunks::<32>();
-    let mut start = 0;
-    for block in blocks {
-        let (words, _) = block.as_chunks::<8>();
-        if words
-            .iter()
-            .fold(0, |any, word| any | special(u64::from_le_bytes(*word)))
-            != 0
-        {
-            break;
-        }
-        start += 32;
-    }
-    let (words, _) = s[start..].as_chunks::<8>();
-    for word in words {
-        let hits = special(u64::from_le_bytes(*word));
-        if hits != 0 {
-            return start + (hits.trailing_zeros() / 8) as usize;
-        }
-        start += 8;
-    }
-    s[start..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map_or(s.len(), |p| start + p)
-}
-
-/// The high bit of each byte of `w` that is `"`, `\\` or below 0x20. The
-/// lowest flagged byte is exact; borrows may flag bytes above it.
-fn special(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let quote = w ^ (ONES * u64::from(b'"'));
-    let backslash = w ^ (ONES * u64::from(b'\\'));
-    (quote.wrapping_sub(ONES) & !quote | backslash.wrapping_sub(ONES) & !backslash | w.wrapping_sub(ONES * 0x20) & !w)
-        & HIGH
-}
-
-/// Writes `s` as the contents of a JSON string: `"`, `\\` and control
-/// characters escaped, everything else (UTF-8 included) as is.
-pub fn escape_into(out: &mut Vec<u8>, mut s: &[u8]) {
-    loop {
-        let plain = plain_len(s);
-        out.extend_from_slice(&s[..plain]);
-        let Some(&b) = s.get(plain) else { return };
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-        }
-        s = &s[plain + 1..];
-    }
-}
-
-/// Whether `chunks` together are UTF-8, wherever a character is cut.
-pub fn is_utf8(chunks: &[Bytes]) -> bool {
-    let mut tail = Utf8Tail::default();
-    chunks.iter().all(|chunk| tail.check(chunk).is_ok()) && tail.is_empty()
-}
-
-/// UTF-8 validation across chunk boundaries: a character cut by one is
-/// checked once its last byte arrives.
-#[derive(Debug, Default)]
-struct Utf8Tail {
-    bytes: [u8; 4],
-    len: usize,
-}
-
-impl Utf8Tail {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn check(&mut self, chunk: &[u8]) -> Result<(), Malformed> {
-        let mut rest = chunk;
-        if self.len > 0 {
-            let width = match self.bytes[0] {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                _ => 4,
-            };
-            let take = (width - self.len).min(rest.len());
-            self.bytes[self.len..self.len + take].copy_from_slice(&rest[..take]);
-            self.len += take;
-            rest = &rest[take..];
-            match std::str::from_utf8(&self.bytes[..self.len]) {
-                Ok(_) => self.len = 0,
-                Err(e) if e.error_len().is_none() && self.len < width => return Ok(()),
-                Err(_) => return Err(Malformed::NotJson),
-            }
-        }
-        match std::str::from_utf8(rest) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => {
-                let tail = &rest[e.valid_up_to()..];
-                self.bytes[..tail.len()].copy_from_slice(tail);
-                self.len = tail.len();
-                Ok(())
-            }
-            Err(_) => Err(Malformed::NotJson),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,32 +648,53 @@ mod tests {
     }
 
     #[test]
-    fn the_word_scan_stops_at_the_first_special_byte() {
-        let mut text = vec![b'A'; 40];
-        assert_eq!(plain_len(&text), 40);
-        for at in 0..40 {
-            for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
-                let mut t = text.clone();
-                t[at] = special;
-                if at + 1 < t.len() {
-                    t[at + 1] = b'"';
-                }
-                assert_eq!(plain_len(&t), at, "{special} at {at}");
-            }
-        }
-        text.extend_from_slice("é日\u{7f}".as_bytes());
-        assert_eq!(plain_len(&text), text.len(), "bytes from 0x7f up pass");
+    fn success_adds_indexes_and_keeps_every_field_in_place() {
+        let azure = r#"{"created":1698342300,"data":[{"b64_json":"aGVsbG8=","revised_prompt":"r","content_filter_results":{"hate":{"filtered":false}}},{"b64_json":"d29ybGQ="}],"background":"opaque","output_format":"png","quality":"high","size":"1024x1024","usage":{"total_tokens":100,"input_tokens":50,"output_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40}}}"#;
+        let mut shaped = whole(Bytes::from_static(azure.as_bytes())).expect("shaped");
+        assert_eq!(shaped.images(), 2);
+        let v: serde_json::Value =
+            serde_json::from_slice(&crate::json_text::concat(&shaped.take_output())).expect("valid JSON");
+        assert_eq!(v["created"], 1698342300);
+        assert_eq!(v["data"][0]["b64_json"], "aGVsbG8=");
+        assert_eq!(v["data"][0]["index"], 0);
+        assert_eq!(v["data"][0]["revised_prompt"], "r");
+        assert_eq!(v["data"][0]["content_filter_results"]["hate"]["filtered"], false);
+        assert_eq!(v["data"][1]["index"], 1);
+        assert_eq!(v["usage"]["input_tokens_details"]["image_tokens"], 40);
+        let usage = shaped.usage().expect("usage");
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
+            (50, 50, 100)
+        );
+        assert_eq!(usage.input_tokens_details.image_tokens, 40);
+        assert_eq!(v["size"], "1024x1024");
     }
 
     #[test]
-    fn escaped_text_reads_back_as_itself() {
-        let text = "{\"a\":\"q\\\"b\\\\/é\u{1}\n\"}";
-        let mut out = b"\"".to_vec();
-        escape_into(&mut out, text.as_bytes());
-        out.push(b'"');
-        assert_eq!(serde_json::from_slice::<String>(&out).expect("a JSON string"), text);
-        let cut = "é".as_bytes();
-        assert!(is_utf8(&[Bytes::from_static(&cut[..1]), Bytes::from_static(&cut[1..])]));
-        assert!(!is_utf8(&[Bytes::from_static(&cut[..1])]));
+    fn base64_bytes_are_copied_verbatim() {
+        // Escaped slashes stay as Azure wrote them: no re-encoding on the way through.
+        let azure = r#"{"created":1,"data":[{"b64_json":"ab\/cd+=="}]}"#;
+        let mut shaped = whole(Bytes::from_static(azure.as_bytes())).expect("shaped");
+        assert_eq!(
+            String::from_utf8(crate::json_text::concat(&shaped.take_output())).expect("utf8"),
+            r#"{"created":1,"data":[{"b64_json":"ab\/cd+==","index":0}]}"#
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_images_responses_are_malformed() {
+        for body in [
+            "",
+            "not json",
+            "[]",
+            r#"{"data":[]}"#,
+            r#"{"created":"x","data":[]}"#,
+            r#"{"created":155555555555555555555555555555,"data":[]}"#,
+            r#"{"created":-1,"data":[]}"#,
+            r#"{"created":1,"data":{}}"#,
+            r#"{"created":1,"data":[{"b64_json":"tru"#,
+        ] {
+            assert!(whole(Bytes::from_static(body.as_bytes())).is_err(), "{body}");
+        }
     }
 }

@@ -71,27 +71,11 @@ impl SecretError {
     /// The client's view: 503 while Secrets Manager is down (retry), 500 when
     /// the operator must act. `what` names the secret for people, never its id or value.
     pub fn to_api_error(&self, what: &str) -> crate::error::ApiError {
-        use crate::error::{ApiError, SERVER_ERROR};
-        use http::StatusCode;
+        use crate::error::ApiError;
         tracing::error!(error = %self, "could not read {what}");
         match self {
-            SecretError::Unavailable(_) => ApiError {
-                retry_after: Some(Duration::from_secs(1)),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    SERVER_ERROR,
-                    "secrets_unavailable",
-                    format!("The connector could not read {what} from AWS Secrets Manager. Please retry shortly."),
-                )
-            },
-            SecretError::Unusable(_) | SecretError::Invalid(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                SERVER_ERROR,
-                "secret_misconfigured",
-                format!(
-                    "The connector cannot use {what}. The operator must check the secret and the function's access to it."
-                ),
-            ),
+            SecretError::Unavailable(_) => ApiError::secrets_unavailable(what),
+            SecretError::Unusable(_) | SecretError::Invalid(_) => ApiError::secret_misconfigured(what),
         }
     }
 }

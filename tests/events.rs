@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use azure_openai_image::lambda;
+use azure_openai_image::front::lambda;
 use common::*;
 
 /// The status each event's case must produce, from its file name.

@@ -38,7 +38,7 @@ impl Captured {
 
 /// Runs one request with logs and metrics captured; returns the request's log
 /// line, its EMF record, the response status and every line written.
-async fn observe(config: Config, req: azure_openai_image::handler::Incoming) -> (Value, Value, u16, Vec<String>) {
+async fn observe(config: Config, req: azure_openai_image::exchange::Incoming) -> (Value, Value, u16, Vec<String>) {
     let logs = Captured::default();
     let metrics = Captured::default();
     let sink = metrics.clone();

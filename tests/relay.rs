@@ -29,11 +29,11 @@ fn large_body(len: usize) -> Vec<u8> {
 
 /// Serves `app` on a local listener, as `--listen` does; its address.
 async fn listen(app: Arc<App>) -> String {
-    let listener = azure_openai_image::local::bind("127.0.0.1:0".parse().expect("addr"))
+    let listener = azure_openai_image::front::local::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(azure_openai_image::local::serve(listener, app));
+    tokio::spawn(azure_openai_image::front::local::serve(listener, app));
     format!("http://{addr}{GEN}")
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use azure_openai_image::lambda;
+use azure_openai_image::front::lambda;
 use common::*;
 
 const GEN: &str = "/v1/images/generations";

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use azure_openai_image::runtime;
+use azure_openai_image::front::runtime;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use azure_openai_image::Config;
 use azure_openai_image::error::{ApiError, ErrorContext};
-use azure_openai_image::request::ImageRequest;
+use azure_openai_image::operation::GenerationRequest;
 use libfuzzer_sys::fuzz_target;
 
 fn config() -> &'static Config {
@@ -35,7 +35,7 @@ fn assert_client_error(err: &ApiError) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let request = match ImageRequest::parse(data) {
+    let request = match GenerationRequest::parse(data) {
         Ok(request) => request,
         Err(err) => return assert_client_error(&err),
     };

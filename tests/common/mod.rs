@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use azure_openai_image::App;
 use azure_openai_image::Config;
 use azure_openai_image::azure::AzureClient;
-use azure_openai_image::handler::{App, Incoming};
+use azure_openai_image::exchange::Incoming;
 use azure_openai_image::secrets::{SecretError, SecretFuture, SecretSource};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};

@@ -13,8 +13,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::app::App;
 use crate::config::ResponseMode;
-use crate::handler::{App, Incoming, MAX_BODY_BYTES, ResponseBody};
+use crate::exchange::{Incoming, MAX_BODY_BYTES, ResponseBody};
 
 /// Serves until the process is stopped.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
@@ -65,7 +66,7 @@ async fn respond(app: &Arc<App>, req: hyper::Request<HyperBody>, request_id: Str
         request_id,
         // `RESPONSE_MODE=buffered` answers whole, as a buffered front door
         // would, without Lambda's 6 MB limit; otherwise answers stream.
-        response_limit: (app.config.response_mode == ResponseMode::Buffered).then_some(usize::MAX),
+        response_limit: (app.config().response_mode == ResponseMode::Buffered).then_some(usize::MAX),
     };
     app.respond(incoming).await
 }

@@ -1,20 +1,15 @@
-//! What Azure answered, in OpenAI's words: a success body reshaped (see
-//! [`crate::reshape`]) with its base64 image data passed through as raw JSON,
-//! or an upstream failure mapped to the status and error the client should see.
+//! Azure's failures in the client's words: the status and the OpenAI error
+//! the client should see, and whether another attempt or model can help.
 
-use std::borrow::Cow;
-use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::config::ModelEntry;
-use crate::error::{ApiError, INVALID_REQUEST, SERVER_ERROR};
-use crate::reshape::{Malformed, Reshaper};
+use crate::error::{self, ApiError};
 
 /// What Azure answered, before any interpretation.
 #[derive(Debug)]
@@ -22,6 +17,22 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl UpstreamResponse {
+    /// A 401: the key (or token) was refused, perhaps rotated since it was cached.
+    pub fn rejects_key(&self) -> bool {
+        self.status.as_u16() == 401
+    }
+
+    /// A 400 about `stream` or `partial_images`: the deployment's api-version does not stream.
+    pub fn refuses_streaming(&self) -> bool {
+        if self.status.as_u16() != 400 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&self.body);
+        text.contains("stream") || text.contains("partial_images")
+    }
 }
 
 /// Why no answer came. Carries no URL: the HTTP client's errors do, so they stop in `azure`.
@@ -33,107 +44,6 @@ pub enum UpstreamError {
     Connect,
     #[error("the connection to the Azure deployment failed")]
     Transport,
-}
-
-/// A JSON object whose values stay unparsed slices of the input: the way
-/// megabytes of base64 cross the connector without a copy into a value tree.
-pub(crate) struct RawObject<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
-            type Value = RawObject<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    fields.push((key, value));
-                }
-                Ok(RawObject(fields))
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
-    }
-}
-
-impl<'a> RawObject<'a> {
-    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-}
-
-/// A whole success body in OpenAI format, and what the logs want to know of it.
-#[derive(Debug)]
-pub struct ImagesResponse {
-    /// The body in pieces: slices of Azure's, with each image's `index` between them.
-    pub body: Vec<Bytes>,
-    pub images: usize,
-    pub usage: Option<Usage>,
-}
-
-impl ImagesResponse {
-    /// The body in one buffer.
-    pub fn to_vec(&self) -> Vec<u8> {
-        concat(&self.body)
-    }
-}
-
-/// Chunks in one buffer.
-pub fn concat(chunks: &[Bytes]) -> Vec<u8> {
-    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-    for chunk in chunks {
-        all.extend_from_slice(chunk);
-    }
-    all
-}
-
-/// Token usage as gpt-image models report it (`ImagesUsage`); dall-e-3 reports none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub input_tokens: u64,
-    #[serde(default)]
-    pub output_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    #[serde(default)]
-    pub input_tokens_details: UsageDetails,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct UsageDetails {
-    #[serde(default)]
-    pub text_tokens: u64,
-    #[serde(default)]
-    pub image_tokens: u64,
-}
-
-/// Reshapes a whole Azure 200 body as OpenAI's `ImagesResponse`: every field
-/// as Azure wrote it, and each image with its `index` (see [`Reshaper`]).
-pub fn images_response(body: Bytes) -> Result<ImagesResponse, ApiError> {
-    let mut reshaper = Reshaper::new();
-    reshaper
-        .feed(body)
-        .and_then(|()| reshaper.finish())
-        .map_err(malformed)?;
-    Ok(ImagesResponse {
-        body: reshaper.take_output(),
-        images: reshaper.images(),
-        usage: reshaper.usage(),
-    })
-}
-
-/// 502 for a success body that is not an images response.
-pub fn malformed(what: Malformed) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        SERVER_ERROR,
-        "upstream_invalid_response",
-        format!("The Azure deployment answered with a body that {what}."),
-    )
 }
 
 /// Azure's error body, read loosely: every field is optional and `code` may be a number.
@@ -203,7 +113,8 @@ impl From<UpstreamError> for UpstreamFailure {
     }
 }
 
-/// The client's view of an Azure failure (WIRE.md, "Errors").
+/// The client's view of an Azure failure (Azure's `dalle_error_response` /
+/// `image_generation_error` schemas in the 2025-04-01-preview inference spec).
 pub fn upstream_error(response: &UpstreamResponse, entry: &ModelEntry) -> ApiError {
     let status = response.status;
     let azure = serde_json::from_slice::<AzureErrorBody>(&response.body)
@@ -220,75 +131,51 @@ pub fn upstream_error(response: &UpstreamResponse, entry: &ModelEntry) -> ApiErr
         400 | 413 | 415 | 422 => {
             let content_filter = matches!(azure_code.as_deref(), Some("contentFilter" | "content_filter"));
             let code = if content_filter {
-                Some("content_policy_violation".to_owned())
+                Some(error::CONTENT_POLICY_VIOLATION.code.to_owned())
             } else {
                 azure_code
             };
-            ApiError {
-                status,
-                kind: Cow::Owned(
-                    azure
-                        .kind
-                        .filter(|k| !k.is_empty())
-                        .unwrap_or_else(|| INVALID_REQUEST.to_owned()),
-                ),
-                code: code.map(Cow::Owned),
-                message: azure.message.filter(|m| !m.is_empty()).unwrap_or_else(|| {
-                    format!(
-                        "The Azure deployment rejected the request with status {}.",
-                        status.as_u16()
-                    )
-                }),
-                param: azure.param.map(Cow::Owned),
-                inner_error: azure.inner_error,
-                retry_after: None,
-            }
+            ApiError::upstream_rejected(
+                status.as_u16(),
+                azure.kind,
+                code,
+                azure.message,
+                azure.param,
+                azure.inner_error,
+            )
         }
         401 => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            "upstream_auth_failed",
+            error::UPSTREAM_AUTH_FAILED,
             format!(
                 "The Azure deployment for model `{}` rejected the connector's Azure key. The operator must update the key in Secrets Manager.",
                 entry.name
             ),
         ),
         403 => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            "upstream_forbidden",
+            error::UPSTREAM_FORBIDDEN,
             format!(
                 "The Azure resource for model `{}` refused the request (403). The operator must check the Azure resource.",
                 entry.name
             ),
         ),
         404 => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            "upstream_deployment_not_found",
+            error::UPSTREAM_DEPLOYMENT_NOT_FOUND,
             format!(
                 "The Azure deployment configured for model `{}` does not exist. The operator must check IMAGE_MODELS.",
                 entry.name
             ),
         ),
         408 => upstream_unavailable(UpstreamError::Timeout),
-        429 => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                format!(
-                    "The Azure deployment for model `{}` is rate limited. Please retry after the time in the Retry-After header.",
-                    entry.name
-                ),
-            );
-            err.retry_after = retry_after(&response.headers);
-            err
-        }
+        429 => ApiError::new(
+            error::UPSTREAM_RATE_LIMITED,
+            format!(
+                "The Azure deployment for model `{}` is rate limited. Please retry after the time in the Retry-After header.",
+                entry.name
+            ),
+        )
+        .with_retry_after(retry_after(&response.headers)),
         _ => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            "upstream_error",
+            error::UPSTREAM_ERROR,
             format!(
                 "The Azure deployment for model `{}` failed with status {}.",
                 entry.name,
@@ -300,20 +187,11 @@ pub fn upstream_error(response: &UpstreamResponse, entry: &ModelEntry) -> ApiErr
 
 /// No answer at all: a timeout is 504, anything else 502.
 pub fn upstream_unavailable(err: UpstreamError) -> ApiError {
-    match err {
-        UpstreamError::Timeout => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            SERVER_ERROR,
-            "upstream_timeout",
-            format!("{err}."),
-        ),
-        UpstreamError::Connect | UpstreamError::Transport => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            "upstream_unreachable",
-            format!("{err}."),
-        ),
-    }
+    let spec = match err {
+        UpstreamError::Timeout => error::UPSTREAM_TIMEOUT,
+        UpstreamError::Connect | UpstreamError::Transport => error::UPSTREAM_UNREACHABLE,
+    };
+    ApiError::new(spec, format!("{err}."))
 }
 
 /// Azure's `retry-after-ms`, else `retry-after` in seconds or as an HTTP date.
@@ -360,57 +238,6 @@ mod tests {
             status: StatusCode::from_u16(status).expect("status"),
             headers: map,
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        }
-    }
-
-    #[test]
-    fn success_adds_indexes_and_keeps_every_field_in_place() {
-        let azure = r#"{"created":1698342300,"data":[{"b64_json":"aGVsbG8=","revised_prompt":"r","content_filter_results":{"hate":{"filtered":false}}},{"b64_json":"d29ybGQ="}],"background":"opaque","output_format":"png","quality":"high","size":"1024x1024","usage":{"total_tokens":100,"input_tokens":50,"output_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40}}}"#;
-        let shaped = images_response(Bytes::from_static(azure.as_bytes())).expect("shaped");
-        assert_eq!(shaped.images, 2);
-        let v: Value = serde_json::from_slice(&shaped.to_vec()).expect("valid JSON");
-        assert_eq!(v["created"], 1698342300);
-        assert_eq!(v["data"][0]["b64_json"], "aGVsbG8=");
-        assert_eq!(v["data"][0]["index"], 0);
-        assert_eq!(v["data"][0]["revised_prompt"], "r");
-        assert_eq!(v["data"][0]["content_filter_results"]["hate"]["filtered"], false);
-        assert_eq!(v["data"][1]["index"], 1);
-        assert_eq!(v["usage"]["input_tokens_details"]["image_tokens"], 40);
-        let usage = shaped.usage.expect("usage");
-        assert_eq!(
-            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
-            (50, 50, 100)
-        );
-        assert_eq!(usage.input_tokens_details.image_tokens, 40);
-        assert_eq!(v["size"], "1024x1024");
-    }
-
-    #[test]
-    fn base64_bytes_are_copied_verbatim() {
-        // Escaped slashes stay as Azure wrote them: no re-encoding on the way through.
-        let azure = r#"{"created":1,"data":[{"b64_json":"ab\/cd+=="}]}"#;
-        let shaped = images_response(Bytes::from_static(azure.as_bytes())).expect("shaped");
-        assert_eq!(
-            std::str::from_utf8(&shaped.to_vec()).expect("utf8"),
-            r#"{"created":1,"data":[{"b64_json":"ab\/cd+==","index":0}]}"#
-        );
-    }
-
-    #[test]
-    fn malformed_successes_are_bad_gateway() {
-        for body in [
-            "",
-            "not json",
-            "[]",
-            r#"{"data":[]}"#,
-            r#"{"created":"x","data":[]}"#,
-            r#"{"created":155555555555555555555555555555,"data":[]}"#,
-            r#"{"created":-1,"data":[]}"#,
-            r#"{"created":1,"data":{}}"#,
-            r#"{"created":1,"data":[{"b64_json":"tru"#,
-        ] {
-            let err = images_response(Bytes::from_static(body.as_bytes())).expect_err(body);
-            assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{body}");
         }
     }
 

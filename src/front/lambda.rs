@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use lambda_http::{Body, Request, RequestExt, Response};
 
-use crate::handler::{App, Incoming};
+use crate::app::App;
+use crate::exchange::Incoming;
 
 /// One event through the app, answered whole (as a buffered front door is).
 pub async fn respond(app: &Arc<App>, event: Request) -> Response<Body> {

@@ -5,18 +5,66 @@
 //! a JSON map: fields the connector does not know are forwarded unchanged, and
 //! each known field is checked where it stands so an error can name it.
 
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::{EventNames, OperationRequest, UpstreamRequest};
 use crate::config::ModelEntry;
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::models::{GPT_IMAGE_ONLY, ModelSpec, Values};
+
+/// A generation request is a prompt and a few options: bodies above this are
+/// refused before parsing.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// OpenAI's image generation stream events (`ImageGenStreamEvent`).
+pub const EVENTS: EventNames = EventNames {
+    partial: "image_generation.partial_image",
+    completed: "image_generation.completed",
+};
+
+/// The `model` a JSON body names, when it is a string; read without the
+/// other checks, so that an error about anything else can still name it.
+pub fn model_named(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(default)]
+        model: Option<Value>,
+    }
+    match serde_json::from_slice::<Named>(body).ok()?.model? {
+        Value::String(model) => Some(model),
+        _ => None,
+    }
+}
+
+/// JSON only: `application/json`, or any `+json` type. A missing header is
+/// let through (the body must still parse as JSON).
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json" || media.ends_with("+json") {
+        return Ok(());
+    }
+    Err(ApiError::invalid_content_type())
+}
 
 /// Fields only the connector reads; never sent upstream.
 const CONNECTOR_ONLY: [&str; 2] = ["fallbacks", "stream"];
 
 /// A parsed, type-checked generation request.
-#[derive(Debug, Clone)]
-pub struct ImageRequest {
+#[derive(Clone)]
+pub struct GenerationRequest {
     /// Every field the client sent, but the nulls (the OpenAI schema makes
     /// optional fields nullable, meaning "the default").
     fields: Map<String, Value>,
@@ -28,7 +76,62 @@ pub struct ImageRequest {
     pub prompt_chars: usize,
 }
 
-impl ImageRequest {
+/// The prompt is the client's business: never printed, its length only.
+impl std::fmt::Debug for GenerationRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationRequest")
+            .field("model", &self.model)
+            .field("n", &self.n)
+            .field("stream", &self.stream)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .field("prompt_chars", &self.prompt_chars)
+            .finish()
+    }
+}
+
+impl OperationRequest for GenerationRequest {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn n(&self) -> u32 {
+        self.n
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
+    }
+
+    fn prompt_chars(&self) -> usize {
+        self.prompt_chars
+    }
+
+    fn option(&self, field: &str) -> Option<&str> {
+        self.get_str(field)
+    }
+
+    fn validate_for(&self, spec: &ModelSpec) -> Result<(), ApiError> {
+        GenerationRequest::validate_for(self, spec)
+    }
+
+    fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest {
+        let body = if stream {
+            self.upstream_stream_body(entry)
+        } else {
+            self.upstream_body(entry)
+        };
+        UpstreamRequest {
+            body: Bytes::from(body),
+            content_type: HeaderValue::from_static("application/json"),
+        }
+    }
+}
+
+impl GenerationRequest {
     /// Parses a body and applies the checks every model shares: JSON object,
     /// `prompt` present, each known field of its schema type.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
@@ -50,16 +153,16 @@ impl ImageRequest {
 
         let prompt = match fields.get("prompt") {
             None | Some(Value::Null) => {
-                return Err(ApiError::invalid_param(
+                return Err(ApiError::param(
+                    error::MISSING_REQUIRED_PARAMETER,
                     "prompt",
-                    "missing_required_parameter",
                     "Missing required parameter: 'prompt'.",
                 ));
             }
             Some(Value::String(p)) if p.is_empty() => {
-                return Err(ApiError::invalid_param(
+                return Err(ApiError::param(
+                    error::EMPTY_STRING,
                     "prompt",
-                    "empty_string",
                     "Invalid 'prompt': empty string. Expected a string with minimum length 1.",
                 ));
             }
@@ -122,9 +225,9 @@ impl ImageRequest {
         if let Some(max) = spec.max_prompt_chars
             && self.prompt_chars > max
         {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::param(
+                error::STRING_ABOVE_MAX_LENGTH,
                 "prompt",
-                "string_above_max_length",
                 format!(
                     "Invalid 'prompt': string too long. Expected a string with maximum length {max} for {}, but got a string with length {}.",
                     spec.family, self.prompt_chars
@@ -137,12 +240,12 @@ impl ImageRequest {
             } else {
                 format!("Invalid 'n': {} supports at most n={}.", spec.family, spec.max_n)
             };
-            return Err(ApiError::invalid_param("n", "integer_above_max_value", message));
+            return Err(ApiError::param(error::INTEGER_ABOVE_MAX_VALUE, "n", message));
         }
         if spec.always_b64 && self.get_str("response_format") == Some("url") {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::param(
+                error::UNSUPPORTED_VALUE,
                 "response_format",
-                "unsupported_value",
                 format!(
                     "Invalid 'response_format': {} models always return base64-encoded images; `url` is not supported. Omit response_format or use `b64_json`.",
                     spec.family
@@ -171,9 +274,9 @@ impl ImageRequest {
                 Values::Any => {}
                 Values::OneOf(values) if values.contains(&value) => {}
                 Values::OneOf(values) => {
-                    return Err(ApiError::invalid_param(
+                    return Err(ApiError::param(
+                        error::INVALID_VALUE,
                         field,
-                        "invalid_value",
                         format!(
                             "Invalid value for '{field}': '{}'. Supported values for {} are: {}.",
                             crate::error::printable(value),
@@ -192,9 +295,9 @@ impl ImageRequest {
             match spec.max_partial_images {
                 None => return Err(not_accepted("partial_images", spec)),
                 Some(max) if partial > u64::from(max) => {
-                    return Err(ApiError::invalid_param(
+                    return Err(ApiError::param(
+                        error::INTEGER_ABOVE_MAX_VALUE,
                         "partial_images",
-                        "integer_above_max_value",
                         format!("Invalid 'partial_images': at most {max}."),
                     ));
                 }
@@ -202,9 +305,9 @@ impl ImageRequest {
             }
         }
         if self.stream && self.get_str("response_format") == Some("url") {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::param(
+                error::UNSUPPORTED_VALUE,
                 "response_format",
-                "unsupported_value",
                 "Invalid 'response_format': a stream carries the images themselves (b64_json); `url` cannot stream.",
             ));
         }
@@ -257,18 +360,18 @@ fn integer(fields: &Map<String, Value>, field: &'static str, min: u64, max: u64)
     };
     if let Some(v) = number.as_u64() {
         if v < min {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::param(
+                error::INTEGER_BELOW_MIN_VALUE,
                 field,
-                "integer_below_min_value",
                 format!(
                     "Invalid '{field}': integer below minimum value. Expected a value >= {min}, but got {v} instead."
                 ),
             ));
         }
         if v > max {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::param(
+                error::INTEGER_ABOVE_MAX_VALUE,
                 field,
-                "integer_above_max_value",
                 format!(
                     "Invalid '{field}': integer above maximum value. Expected a value <= {max}, but got {v} instead."
                 ),
@@ -277,9 +380,9 @@ fn integer(fields: &Map<String, Value>, field: &'static str, min: u64, max: u64)
         return Ok(Some(v));
     }
     if number.is_i64() {
-        return Err(ApiError::invalid_param(
+        return Err(ApiError::param(
+            error::INTEGER_BELOW_MIN_VALUE,
             field,
-            "integer_below_min_value",
             format!(
                 "Invalid '{field}': integer below minimum value. Expected a value >= {min}, but got {number} instead."
             ),
@@ -298,9 +401,9 @@ fn wrong_type(field: &'static str, expected: &str, got: &Value) -> ApiError {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    ApiError::invalid_param(
+    ApiError::param(
+        error::INVALID_TYPE,
         field,
-        "invalid_type",
         format!("Invalid type for '{field}': expected {expected}, but got {got} instead."),
     )
 }
@@ -311,9 +414,9 @@ fn not_accepted(field: &'static str, spec: &ModelSpec) -> ApiError {
     } else {
         ""
     };
-    ApiError::invalid_param(
+    ApiError::param(
+        error::UNSUPPORTED_PARAMETER,
         field,
-        "unsupported_parameter",
         format!(
             "Unsupported parameter: '{field}' is not supported by {} models.{hint}",
             spec.family
@@ -342,8 +445,8 @@ mod tests {
     use crate::config::Config;
     use crate::models::{DALL_E_3, GENERIC, GPT_IMAGE};
 
-    fn parse(body: &str) -> Result<ImageRequest, ApiError> {
-        ImageRequest::parse(body.as_bytes())
+    fn parse(body: &str) -> Result<GenerationRequest, ApiError> {
+        GenerationRequest::parse(body.as_bytes())
     }
 
     fn param_of(result: Result<impl std::fmt::Debug, ApiError>) -> String {
@@ -384,7 +487,7 @@ mod tests {
             assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
             assert!(err.param.is_none());
         }
-        assert!(ImageRequest::parse(b"{\"prompt\":\"\xff\"}").is_err());
+        assert!(GenerationRequest::parse(b"{\"prompt\":\"\xff\"}").is_err());
     }
 
     #[test]

@@ -28,10 +28,10 @@ use lambda_http::request::LambdaRequest;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
+use crate::app::App;
 use crate::config::ResponseMode;
-use crate::handler::{Aborted, App, ResponseBody};
-use crate::reshape::{escape_into, is_utf8};
-use crate::response::concat;
+use crate::exchange::{Aborted, ResponseBody};
+use crate::json_text::{concat, escape_into, is_utf8};
 
 /// A buffered Lambda response holds at most this many bytes (6 MB).
 pub const BUFFERED_LIMIT: usize = 6 * 1024 * 1024;
@@ -75,13 +75,13 @@ pub async fn serve(api: &str, app: Arc<App>, limit: Option<usize>) -> Result<(),
                 continue;
             }
         };
-        let streams = streams(app.config.response_mode, &payload);
+        let streams = streams(app.config().response_mode, &payload);
         let rest_api = matches!(payload, LambdaRequest::ApiGatewayV1(_));
         let mut request: lambda_http::Request = payload.into();
         request
             .extensions_mut()
             .insert(context(&request_id, &headers, env_config.clone()));
-        let mut incoming = crate::lambda::incoming(request);
+        let mut incoming = super::lambda::incoming(request);
         incoming.response_limit = (!streams).then_some(BUFFERED_LIMIT - ENVELOPE);
         let response = app.respond(incoming).await;
         if streams {

@@ -1,0 +1,92 @@
+//! What lives for the whole execution environment: the configuration and the
+//! clients, built once and shared by every request.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use crate::auth::{Caller, ClientKeys};
+use crate::azure::{AzureClient, NoStreamMarks};
+use crate::config::{AuthMode, Config};
+use crate::error::ApiError;
+use crate::observe::MetricsSink;
+use crate::secrets::{ApiKey, SecretCache, SecretSource};
+
+pub struct App {
+    config: Config,
+    azure_keys: SecretCache<ApiKey>,
+    client_keys: SecretCache<ClientKeys>,
+    azure: AzureClient,
+    metrics: MetricsSink,
+    /// Deployments that refused `stream`: their streams are made from one buffered call.
+    no_stream: NoStreamMarks,
+    /// Unix time of start-up, the `created` of the model list.
+    started: u64,
+}
+
+impl App {
+    /// `secrets` serves both the Azure keys and the client keys, each cached for the TTL.
+    pub fn new(config: Config, secrets: Arc<dyn SecretSource>, azure: AzureClient) -> Self {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
+            client_keys: SecretCache::new(secrets, ClientKeys::from_secret_value, config.secret_ttl),
+            metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
+            no_stream: NoStreamMarks::default(),
+            config,
+            azure,
+            started,
+        }
+    }
+
+    /// Sends the EMF records somewhere else than stdout (tests).
+    pub fn with_metrics(mut self, metrics: MetricsSink) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn azure(&self) -> &AzureClient {
+        &self.azure
+    }
+
+    pub fn azure_keys(&self) -> &SecretCache<ApiKey> {
+        &self.azure_keys
+    }
+
+    pub fn metrics(&self) -> &MetricsSink {
+        &self.metrics
+    }
+
+    pub fn no_stream(&self) -> &NoStreamMarks {
+        &self.no_stream
+    }
+
+    /// Unix time of start-up.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// The caller behind the request's key, as `AUTH_MODE` says to check it.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        match &self.config.auth {
+            AuthMode::None => Ok(Caller::unchecked()),
+            AuthMode::ClientKeys { secret_id: None } => Err(crate::auth::no_keys_configured()),
+            AuthMode::ClientKeys { secret_id: Some(id) } => {
+                let keys = self
+                    .client_keys
+                    .get(id)
+                    .await
+                    .map_err(|e| e.to_api_error("its client keys"))?;
+                keys.authenticate(headers)
+            }
+        }
+    }
+}

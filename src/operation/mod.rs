@@ -1,0 +1,124 @@
+//! What an image operation is, as the pipeline sees it: a request parsed from
+//! the client's body and checked for each model it may go to, the body Azure
+//! receives for a model, and the names of its stream events. Each operation
+//! is a module beside this one; the pipeline, the attempt loop and the answer
+//! shapes are shared.
+
+pub mod generation;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::HeaderValue;
+
+use crate::config::ModelEntry;
+use crate::error::ApiError;
+use crate::models::ModelSpec;
+
+pub use generation::GenerationRequest;
+
+/// The image operations the connector serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Generation,
+}
+
+/// The names of an operation's stream events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventNames {
+    pub partial: &'static str,
+    pub completed: &'static str,
+}
+
+impl Operation {
+    /// `extra_fields.request_type` of its errors, and the log's `request_type`.
+    pub fn request_type(self) -> &'static str {
+        match self {
+            Self::Generation => "image_generation",
+        }
+    }
+
+    pub fn events(self) -> EventNames {
+        match self {
+            Self::Generation => generation::EVENTS,
+        }
+    }
+
+    /// The largest body the operation takes.
+    pub fn body_limit(self) -> usize {
+        match self {
+            Self::Generation => generation::MAX_BODY_BYTES,
+        }
+    }
+
+    /// The entry's Azure URL for this operation, built at start-up.
+    pub fn url(self, entry: &ModelEntry) -> &url::Url {
+        match self {
+            Self::Generation => &entry.generations_url,
+        }
+    }
+
+    /// The model the body names, read before anything else is checked, so
+    /// that every error can say what the client asked for.
+    pub fn model_named(self, body: &[u8]) -> Option<String> {
+        match self {
+            Self::Generation => generation::model_named(body),
+        }
+    }
+
+    /// Parses the client's body with the checks every model shares.
+    pub fn parse(self, headers: &HeaderMap, body: &[u8]) -> Result<Box<dyn OperationRequest>, ApiError> {
+        match self {
+            Self::Generation => {
+                generation::check_content_type(headers)?;
+                Ok(Box::new(GenerationRequest::parse(body)?))
+            }
+        }
+    }
+}
+
+/// A request of one operation, parsed.
+pub trait OperationRequest: Send + Sync {
+    /// The configured model the client named (`model`), if any.
+    fn model(&self) -> Option<&str>;
+    fn n(&self) -> u32;
+    fn stream(&self) -> bool;
+    /// The request's own fallback models, in order.
+    fn fallbacks(&self) -> &[String];
+    fn prompt_chars(&self) -> usize;
+    /// A string option as the client sent it (`size`, `quality`, …).
+    fn option(&self, field: &str) -> Option<&str>;
+    /// The checks of one model family.
+    fn validate_for(&self, spec: &ModelSpec) -> Result<(), ApiError>;
+    /// What Azure receives for `entry`: streamed (`stream: true`) or buffered.
+    fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest;
+}
+
+/// A request body for Azure and its content type.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+/// What a completed event says when the images response does not.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub size: String,
+    pub quality: String,
+    pub background: String,
+    pub output_format: String,
+}
+
+impl Defaults {
+    /// The request's own values, else each model family's default.
+    pub fn of(request: &dyn OperationRequest, spec: &ModelSpec) -> Self {
+        let field = |name: &str, default: &str| request.option(name).unwrap_or(default).to_owned();
+        let gpt = spec.always_b64;
+        Self {
+            size: field("size", "1024x1024"),
+            quality: field("quality", if gpt { "auto" } else { "standard" }),
+            background: field("background", "opaque"),
+            output_format: field("output_format", "png"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! One image operation, in the order the data takes it: the caller, the body,
+//! the model and its checks, then Azure (the model asked for, then its
+//! fallbacks), then the answer: whole, relayed while Azure's body arrives,
+//! or as events. Every operation takes this path; what differs between them
+//! is in `operation`.
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::azure::{Budget, Call, Delivery, Success, Want};
+use crate::config::ModelEntry;
+use crate::error::{self, ApiError, printable};
+use crate::exchange::{Answer, Incoming, ResponseBody, ok_json};
+use crate::observe::RequestLog;
+use crate::operation::{Operation, OperationRequest};
+use crate::relay::COMMIT_AFTER;
+
+/// A request that passed every check, and the models to try for it.
+pub(crate) struct Plan<'a> {
+    pub operation: Operation,
+    pub request: Box<dyn OperationRequest>,
+    /// The model asked for, then its fallbacks: the request's own, then the configured ones.
+    pub chain: Vec<&'a ModelEntry>,
+    /// Configured fallbacks that cannot take this request, and why.
+    pub skipped: Vec<String>,
+}
+
+impl Plan<'_> {
+    /// Azure's part of the request, bounded by `budget`.
+    pub fn call(&self, budget: Budget, want: Want) -> Call<'_> {
+        Call {
+            operation: self.operation,
+            request: self.request.as_ref(),
+            chain: self.chain.clone(),
+            skipped: self.skipped.clone(),
+            budget,
+            want,
+        }
+    }
+}
+
+/// Answers one image request, or says why not.
+pub(crate) async fn serve(
+    app: &App,
+    req: &Incoming,
+    operation: Operation,
+    deployment: Option<&str>,
+    log: &mut RequestLog,
+) -> Result<Answer, ApiError> {
+    let plan = prepare(app, req, operation, deployment, log).await?;
+    let budget = Budget {
+        deadline: req.deadline,
+        retry: app.config().retry,
+    };
+    if plan.request.stream() {
+        // A buffered front door gets everything at once anyway: partial images would only add bytes.
+        let want = if req.response_limit.is_none() {
+            Want::Events
+        } else {
+            Want::Images { commit_after: None }
+        };
+        return crate::stream::answer(app, plan.call(budget, want), log).await;
+    }
+    // A front door that buffers needs the whole answer anyway; one that
+    // streams gets it while Azure's arrives.
+    let commit_after = req.response_limit.is_none().then_some(COMMIT_AFTER);
+    let call = plan.call(budget, Want::Images { commit_after });
+    let (delivery, served) = app
+        .azure()
+        .call(app.azure_keys(), app.no_stream(), call, &mut log.attempts)
+        .await?;
+    log.served_by(served);
+    match delivery {
+        Delivery::Images(Success {
+            reshaper,
+            rest: Some(rest),
+        }) => Ok(crate::relay::answer(reshaper, rest)),
+        Delivery::Images(Success {
+            mut reshaper,
+            rest: None,
+        }) => {
+            log.images = Some(reshaper.images());
+            log.usage = reshaper.usage();
+            Ok(ok_json(ResponseBody::from(reshaper.take_output())))
+        }
+        // Events come only when asked for: the stream module asks.
+        Delivery::Events(_) => Err(ApiError::internal(
+            "Azure answered with events where an images response was asked for.",
+        )),
+    }
+}
+
+/// Everything decided before Azure is called.
+async fn prepare<'a>(
+    app: &'a App,
+    req: &Incoming,
+    operation: Operation,
+    deployment: Option<&str>,
+    log: &mut RequestLog,
+) -> Result<Plan<'a>, ApiError> {
+    let limit = operation.body_limit();
+    log.model_requested = match deployment {
+        Some(id) => Some(printable(id)),
+        None => (req.body.len() <= limit)
+            .then(|| operation.model_named(&req.body))
+            .flatten()
+            .map(|m| printable(&m)),
+    };
+    let caller = app.authenticate(&req.headers).await?;
+    log.client = caller.name.clone();
+    if req.body.len() > limit {
+        return Err(ApiError::request_too_large(limit));
+    }
+    let request = operation.parse(&req.headers, &req.body)?;
+    log.n = Some(request.n());
+    log.stream = Some(request.stream());
+    log.prompt_chars = Some(request.prompt_chars());
+    // Client text in a log line: bounded, whatever the client sent.
+    log.size = request.option("size").map(printable);
+    log.quality = request.option("quality").map(printable);
+
+    let config = app.config();
+    let (entry, model_param) = match deployment {
+        Some(id) => {
+            let entry = config.model_by_deployment(id);
+            (
+                entry.ok_or_else(|| ApiError::model_not_found(id, "deployment-id"))?,
+                "deployment-id",
+            )
+        }
+        None => {
+            let name = request.model();
+            let entry = config.model_by_name(name);
+            if log.model_requested.is_none() {
+                log.model_requested = entry.map(|e| e.name.clone());
+            }
+            let missing = || ApiError::model_not_found(name.unwrap_or_default(), "model");
+            (entry.ok_or_else(missing)?, "model")
+        }
+    };
+    log.selected(entry);
+    let (chain, skipped) = chain(app, request.as_ref(), entry, &caller, model_param)?;
+    Ok(Plan {
+        operation,
+        request,
+        chain,
+        skipped,
+    })
+}
+
+/// The caller may use the model, the request fits it, and the request's own
+/// fallbacks are configured models the caller may use and that can take the
+/// request. Returns the models to try, the one asked for first, then the
+/// request's fallbacks, then the model's configured ones; configured
+/// fallbacks that cannot take the request are left out and reported.
+fn chain<'a>(
+    app: &'a App,
+    request: &dyn OperationRequest,
+    entry: &'a ModelEntry,
+    caller: &Caller,
+    model_param: &'static str,
+) -> Result<(Vec<&'a ModelEntry>, Vec<String>), ApiError> {
+    caller.check(&entry.name, model_param)?;
+    request.validate_for(entry.spec)?;
+    let config = app.config();
+    let mut chain: Vec<&ModelEntry> = vec![entry];
+    for name in request.fallbacks() {
+        let fallback = config.model_by_name(Some(name)).ok_or_else(|| {
+            ApiError::param(
+                error::FALLBACK_NOT_FOUND,
+                "fallbacks",
+                format!(
+                    "Invalid 'fallbacks': the model `{}` is not configured.",
+                    printable(name)
+                ),
+            )
+        })?;
+        caller.check(&fallback.name, "fallbacks")?;
+        request.validate_for(fallback.spec).map_err(|mut err| {
+            err.message = format!("For fallback model `{}`: {}", fallback.name, err.message);
+            err
+        })?;
+        if !chain.iter().any(|m| m.name == fallback.name) {
+            chain.push(fallback);
+        }
+    }
+    let mut skipped = Vec::new();
+    for name in &entry.fallbacks {
+        let Some(fallback) = config.model_by_name(Some(name)) else {
+            continue;
+        };
+        if chain.iter().any(|m| m.name == fallback.name) {
+            continue;
+        }
+        // A model's configured fallbacks were not asked for: report, never drop, what they cannot take.
+        if !caller.may_use(&fallback.name) {
+            skipped.push(format!("{}: not allowed for this key", fallback.name));
+        } else if let Err(err) = request.validate_for(fallback.spec) {
+            skipped.push(format!("{}: {}", fallback.name, err.message));
+        } else {
+            chain.push(fallback);
+        }
+    }
+    Ok((chain, skipped))
+}

@@ -1,0 +1,308 @@
+//! The route table, and the one place every answer is finished: the error
+//! body, the front door's size limit, the headers every answer carries,
+//! `HEAD`, and the request's log line and metrics (at once for a whole body,
+//! when the body ends for one still being produced).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Method, Response};
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::exchange::{Aborted, Answer, Incoming, ResponseBody, StreamingBody, ok_json};
+use crate::json_text::concat;
+use crate::observe::{MetricsSink, RequestLog};
+use crate::operation::Operation;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// An image operation; `deployment` is set on the Azure route.
+    Image {
+        operation: Operation,
+        deployment: Option<&'a str>,
+    },
+    Models,
+    Health,
+    WrongMethod {
+        allow: &'static str,
+    },
+    NotFound,
+}
+
+impl Route<'_> {
+    /// The route's name in the log line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Image {
+                operation: Operation::Generation,
+                deployment: None,
+            } => "openai_generations",
+            Self::Image {
+                operation: Operation::Generation,
+                deployment: Some(_),
+            } => "azure_generations",
+            Self::Models => "models",
+            Self::Health => "health",
+            Self::WrongMethod { .. } => "wrong_method",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+/// The route of a request: OpenAI's paths, and the Azure deployments paths
+/// (also under `/openai/openai/`, as the Azure SDKs send them).
+pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let (found, allow) = match segments.as_slice() {
+        ["", "v1", "images", "generations"] => (
+            Route::Image {
+                operation: Operation::Generation,
+                deployment: None,
+            },
+            "POST",
+        ),
+        ["", "openai", "deployments", id, "images", "generations"]
+        | ["", "openai", "openai", "deployments", id, "images", "generations"] => (
+            Route::Image {
+                operation: Operation::Generation,
+                deployment: Some(*id),
+            },
+            "POST",
+        ),
+        ["", "v1", "models"] => (Route::Models, "GET"),
+        ["", "health"] => (Route::Health, "GET"),
+        _ => return Route::NotFound,
+    };
+    let allowed = match allow {
+        "GET" => method == Method::GET || method == Method::HEAD,
+        _ => method == Method::POST,
+    };
+    if allowed { found } else { Route::WrongMethod { allow } }
+}
+
+impl App {
+    /// Answers one request: JSON, or server-sent events for `stream: true`.
+    /// Never fails: every failure is an OpenAI error response.
+    pub async fn respond(self: &Arc<Self>, req: Incoming) -> Answer {
+        let mut log = RequestLog::new(&req.request_id, req.method.as_str());
+        let route = route(&req.method, &req.path);
+        log.route = route.name();
+        let result = match route {
+            Route::Image { operation, deployment } => {
+                log.request_type = operation.request_type();
+                log.metered = true;
+                crate::pipeline::serve(self, &req, operation, deployment, &mut log).await
+            }
+            Route::Models => {
+                log.request_type = "list_models";
+                match self.authenticate(&req.headers).await {
+                    Ok(caller) => {
+                        log.client = caller.name.clone();
+                        Ok(ok_json(ResponseBody::from(model_list(self, &caller))))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Route::Health => Ok(ok_json(ResponseBody::whole(Bytes::from_static(br#"{"status":"ok"}"#)))),
+            Route::WrongMethod { .. } => Err(ApiError::method_not_allowed(req.method.as_str(), &req.path)),
+            Route::NotFound => Err(ApiError::not_found(&req.path)),
+        };
+        let mut answer = finish(self.metrics(), result, log, &req);
+        if let Route::WrongMethod { allow } = route {
+            answer.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        answer
+    }
+
+    /// The same, whole: what a buffered front door sends, and what tests read.
+    pub async fn handle(self: &Arc<Self>, req: Incoming) -> Response<Vec<u8>> {
+        let (parts, body) = self.respond(req).await.into_parts();
+        Response::from_parts(parts, concat(&body.collect().await))
+    }
+}
+
+/// Every answer on its way out: an error as the OpenAI body, the front door's
+/// size limit, the headers every answer carries, `HEAD`, and the log line and
+/// metrics, written once.
+fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestLog, req: &Incoming) -> Answer {
+    let (mut answer, mut code) = match result {
+        Ok(answer) => (answer, None),
+        Err(err) => (error_response(&err, &log), err.code),
+    };
+    let len = answer.body().known_len().unwrap_or(0);
+    if let Some(limit) = req.response_limit.filter(|limit| len > *limit) {
+        let err = ApiError::response_too_large(len, limit);
+        answer = error_response(&err, &log);
+        code = err.code;
+    }
+    stamp(answer.headers_mut(), &log);
+    if req.method == Method::HEAD {
+        *answer.body_mut() = ResponseBody::empty();
+    }
+    let status = answer.status().as_u16();
+    let (parts, body) = answer.into_parts();
+    let body = match body {
+        ResponseBody::Whole(chunks) => {
+            let len = chunks.iter().map(Bytes::len).sum();
+            log.write(metrics, status, code.as_deref(), len);
+            ResponseBody::Whole(chunks)
+        }
+        ResponseBody::Streaming(inner) => ResponseBody::Streaming(Box::new(Logged {
+            inner,
+            log: Some(log),
+            metrics: metrics.clone(),
+            status,
+            sent: 0,
+        })),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// `x-request-id` on every answer; Azure's request id when Azure answered;
+/// the model that served.
+fn stamp(headers: &mut HeaderMap, log: &RequestLog) {
+    if let Ok(id) = HeaderValue::from_str(&log.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    if let Some(id) = log.upstream_request_id().and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert("x-upstream-request-id", id);
+    }
+    if let Some(served) = log.served_model.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert("x-served-model", served);
+    }
+}
+
+fn error_response(err: &ApiError, log: &RequestLog) -> Answer {
+    let mut response = Response::new(ResponseBody::from(err.body(&log.error_context())));
+    *response.status_mut() = err.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(wait) = err.retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        headers.insert("retry-after-ms", HeaderValue::from(wait.as_millis() as u64));
+    }
+    response
+}
+
+/// A body still being produced, with the request's log line and metrics
+/// written when it ends, breaks off, or is dropped (the client went away).
+struct Logged {
+    inner: Box<dyn StreamingBody>,
+    log: Option<RequestLog>,
+    metrics: MetricsSink,
+    status: u16,
+    sent: usize,
+}
+
+impl Logged {
+    fn write(&mut self, code: Option<&str>) {
+        if let Some(mut log) = self.log.take() {
+            self.inner.fill_log(&mut log);
+            log.write(&self.metrics, self.status, code, self.sent);
+        }
+    }
+}
+
+impl StreamingBody for Logged {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Aborted>>> {
+        let next = self.inner.poll_chunk(cx);
+        match &next {
+            Poll::Ready(Some(Ok(chunk))) => self.sent += chunk.len(),
+            Poll::Ready(Some(Err(aborted))) => self.write(Some(aborted.code)),
+            Poll::Ready(None) => self.write(None),
+            Poll::Pending => {}
+        }
+        next
+    }
+
+    fn fill_log(&mut self, log: &mut RequestLog) {
+        self.inner.fill_log(log);
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.write(Some("client_disconnected"));
+    }
+}
+
+/// The configured models the caller may use.
+fn model_list(app: &App, caller: &Caller) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<Model<'a>>,
+    }
+    let list = List {
+        object: "list",
+        data: app
+            .config()
+            .models
+            .iter()
+            .filter(|m| caller.may_use(&m.name))
+            .map(|m| Model {
+                id: &m.name,
+                object: "model",
+                created: app.started(),
+                owned_by: "azure",
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&list).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generations(deployment: Option<&str>) -> Route<'_> {
+        Route::Image {
+            operation: Operation::Generation,
+            deployment,
+        }
+    }
+
+    #[test]
+    fn routes_match_both_generation_paths_and_nothing_else() {
+        let post = Method::POST;
+        assert_eq!(route(&post, "/v1/images/generations"), generations(None));
+        assert_eq!(
+            route(&post, "/openai/deployments/img/images/generations"),
+            generations(Some("img"))
+        );
+        assert_eq!(
+            route(&post, "/openai/openai/deployments/img/images/generations"),
+            generations(Some("img"))
+        );
+        assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(route(&Method::GET, "/health"), Route::Health);
+        assert_eq!(
+            route(&Method::GET, "/v1/images/generations"),
+            Route::WrongMethod { allow: "POST" }
+        );
+        assert_eq!(route(&post, "/v1/models"), Route::WrongMethod { allow: "GET" });
+        for path in [
+            "/",
+            "",
+            "/v1/images/generations/",
+            "/v1/images/edits",
+            "/openai/deployments/a/b/images/generations",
+            "/openai/deployments/images/generations",
+            "//v1/images/generations",
+        ] {
+            assert_eq!(route(&post, path), Route::NotFound, "{path}");
+        }
+    }
+}
