@@ -145,6 +145,61 @@ impl SecretSource for SecretsManagerSource {
     }
 }
 
+/// Secret values from a script instead of Secrets Manager, for tests: each
+/// secret id answers its own script in turn (the last answer repeats); an id
+/// without one answers the default script. Counts the fetches of each id.
+pub struct ScriptedSource {
+    scripts: Mutex<HashMap<String, Vec<Result<String, SecretError>>>>,
+    default: Mutex<Vec<Result<String, SecretError>>>,
+    calls: Mutex<HashMap<String, usize>>,
+}
+
+impl ScriptedSource {
+    pub fn new(default: Vec<Result<String, SecretError>>) -> Self {
+        Self {
+            scripts: Mutex::default(),
+            default: Mutex::new(default),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// `secret_id` answers `answers` instead of the default script.
+    pub fn with(self, secret_id: &str, answers: Vec<Result<String, SecretError>>) -> Self {
+        lock(&self.scripts).insert(secret_id.to_owned(), answers);
+        self
+    }
+
+    /// How often `secret_id` was fetched.
+    pub fn calls(&self, secret_id: &str) -> usize {
+        lock(&self.calls).get(secret_id).copied().unwrap_or(0)
+    }
+
+    /// How many fetches there were, of any id.
+    pub fn total_calls(&self) -> usize {
+        lock(&self.calls).values().sum()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SecretSource for ScriptedSource {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> SecretFuture<'a> {
+        *lock(&self.calls).entry(secret_id.to_owned()).or_default() += 1;
+        let next = |answers: &mut Vec<Result<String, SecretError>>| match answers.len() {
+            0 => Err(SecretError::Unusable("no scripted answer".into())),
+            1 => answers[0].clone(),
+            _ => answers.remove(0),
+        };
+        let answer = match lock(&self.scripts).get_mut(secret_id) {
+            Some(script) => next(script),
+            None => next(&mut lock(&self.default)),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
 /// Parsed secret values by secret id, each fetched once per TTL: concurrent
 /// requests for the same secret wait on one fetch instead of each making their own.
 pub struct SecretCache<T> {
@@ -246,35 +301,11 @@ impl<T: Send + Sync + 'static> SecretCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Answers from a script of results, counting calls.
-    struct Scripted {
-        calls: Arc<AtomicUsize>,
-        answers: Mutex<Vec<Result<String, SecretError>>>,
-    }
-
-    impl SecretSource for Scripted {
-        fn fetch<'a>(&'a self, _id: &'a str) -> SecretFuture<'a> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let mut answers = self.answers.lock().expect("lock");
-            let answer = if answers.len() > 1 {
-                answers.remove(0)
-            } else {
-                answers[0].clone()
-            };
-            Box::pin(async move { answer })
-        }
-    }
-
-    fn cache(answers: Vec<Result<String, SecretError>>, ttl: u64) -> (SecretCache<ApiKey>, Arc<AtomicUsize>) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let source = Scripted {
-            calls: calls.clone(),
-            answers: Mutex::new(answers),
-        };
-        let cache = SecretCache::new(Arc::new(source), ApiKey::from_secret_value, Duration::from_secs(ttl));
-        (cache, calls)
+    fn cache(answers: Vec<Result<String, SecretError>>, ttl: u64) -> (SecretCache<ApiKey>, Arc<ScriptedSource>) {
+        let source = Arc::new(ScriptedSource::new(answers));
+        let cache = SecretCache::new(source.clone(), ApiKey::from_secret_value, Duration::from_secs(ttl));
+        (cache, source)
     }
 
     fn down() -> Result<String, SecretError> {
@@ -305,10 +336,10 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(cache.get("s").await.expect("key").expose(), "k");
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.total_calls(), 1);
         tokio::time::advance(Duration::from_secs(301)).await;
         cache.get("s").await.expect("key");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.total_calls(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -324,7 +355,7 @@ mod tests {
         for t in tasks {
             t.await.expect("join").expect("key");
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.total_calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -332,7 +363,7 @@ mod tests {
         let (cache, calls) = cache(vec![down(), Ok("k".into())], 300);
         assert!(matches!(cache.get("s").await, Err(SecretError::Unavailable(_))));
         assert_eq!(cache.get("s").await.expect("recovered").expose(), "k");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.total_calls(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -343,7 +374,7 @@ mod tests {
         assert_eq!(cache.get("s").await.expect("stale").expose(), "k");
         // Within the grace period no request waits on another fetch.
         assert_eq!(cache.get("s").await.expect("stale").expose(), "k");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.total_calls(), 2);
         tokio::time::advance(STALE_GRACE).await;
         assert_eq!(cache.get("s").await.expect("fresh").expose(), "k2");
     }
@@ -355,6 +386,6 @@ mod tests {
         assert_eq!(cache.refresh("s", &old).await.expect("new").expose(), "new");
         // A second request that also saw `old` rejected gets `new` without a fetch.
         assert_eq!(cache.refresh("s", &old).await.expect("new").expose(), "new");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.total_calls(), 2);
     }
 }

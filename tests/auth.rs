@@ -46,11 +46,7 @@ async fn no_key_or_a_wrong_key_is_401_invalid_api_key_and_reaches_nothing() {
         assert_eq!(err["code"], "invalid_api_key");
     }
     assert!(fake.requests().is_empty());
-    assert_eq!(
-        test.secret_calls.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "no Azure key is fetched for a stranger"
-    );
+    assert_eq!(test.secret_calls(), 0, "no Azure key is fetched for a stranger");
 }
 
 #[tokio::test]

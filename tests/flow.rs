@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use azure_openai_image::secrets::SecretError;
@@ -161,11 +160,7 @@ async fn validation_errors_name_the_param_and_reach_no_upstream() {
     let err = openai_error(&test.app.handle(post(GEN, "{not json")).await, 400);
     assert!(err["param"].is_null());
     assert!(fake.requests().is_empty());
-    assert_eq!(
-        test.secret_calls.load(Ordering::SeqCst),
-        0,
-        "no key is fetched for a bad request"
-    );
+    assert_eq!(test.secret_calls(), 0, "no key is fetched for a bad request");
 }
 
 #[tokio::test]
@@ -184,7 +179,7 @@ async fn many_requests_within_the_ttl_fetch_the_secret_once() {
         let response = test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await;
         assert_eq!(response.status(), 200);
     }
-    assert_eq!(test.secret_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(test.secret_calls(), 1);
 }
 
 #[tokio::test]
@@ -201,11 +196,11 @@ async fn a_rotated_key_is_fetched_again_once_after_a_401() {
     let response = test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(fake.requests().len(), 2);
-    assert_eq!(test.secret_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(test.secret_calls(), 2);
     // The new key is cached: the next request makes one call and no fetch.
     assert_eq!(test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await.status(), 200);
     assert_eq!(fake.requests().len(), 3);
-    assert_eq!(test.secret_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(test.secret_calls(), 2);
 }
 
 #[tokio::test]
@@ -396,7 +391,7 @@ async fn health_answers_without_touching_secrets_manager() {
     let test = app_with(&fake, vec![Err(SecretError::Unavailable("down".into()))]);
     let response = test.app.handle(request(Method::GET, "/health", "")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(test.secret_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(test.secret_calls(), 0);
     let head = test.app.handle(request(Method::HEAD, "/health", "")).await;
     assert_eq!(head.status(), 200);
     assert!(head.body().is_empty());

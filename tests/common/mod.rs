@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,8 @@ use azure_openai_image::App;
 use azure_openai_image::Config;
 use azure_openai_image::azure::AzureClient;
 use azure_openai_image::exchange::Incoming;
-use azure_openai_image::secrets::{SecretError, SecretFuture, SecretSource};
+use azure_openai_image::observe::MetricsSink;
+use azure_openai_image::secrets::{ScriptedSource, SecretError};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
@@ -30,6 +30,8 @@ pub const CLIENT_KEY: &str = "sk-example";
 /// A key restricted to `azure-image`.
 pub const TEAM_A_KEY: &str = "sk-team-a";
 pub const CLIENT_KEYS_SECRET: &str = "client-keys";
+/// The Azure key's secret id in the test configuration.
+pub const AZURE_KEY_SECRET: &str = "azure-openai-key";
 pub const CLIENT_KEYS: &str = r#"["sk-example", {"key": "sk-team-a", "name": "team-a", "models": ["azure-image"]}]"#;
 
 /// What the stand-in received.
@@ -266,41 +268,6 @@ pub fn success_for(req: &Recorded) -> Canned {
     )
 }
 
-/// A secret source answering from a script (the last answer repeats), counting calls.
-pub struct ScriptedSecrets {
-    pub calls: Arc<AtomicUsize>,
-    answers: Mutex<Vec<Result<String, SecretError>>>,
-}
-
-impl ScriptedSecrets {
-    pub fn new(answers: Vec<Result<String, SecretError>>) -> (Self, Arc<AtomicUsize>) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        (
-            Self {
-                calls: calls.clone(),
-                answers: Mutex::new(answers),
-            },
-            calls,
-        )
-    }
-}
-
-impl SecretSource for ScriptedSecrets {
-    fn fetch<'a>(&'a self, secret_id: &'a str) -> SecretFuture<'a> {
-        if secret_id == CLIENT_KEYS_SECRET {
-            return Box::pin(async { Ok(CLIENT_KEYS.to_owned()) });
-        }
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut answers = self.answers.lock().expect("lock");
-        let answer = if answers.len() > 1 {
-            answers.remove(0)
-        } else {
-            answers[0].clone()
-        };
-        Box::pin(async move { answer })
-    }
-}
-
 /// The configuration the events and tests use: `azure-image` (gpt-image-1)
 /// first, `dall-e-3` second, both on the stand-in.
 /// No retries unless a test asks for them: mapping tests should not wait on backoff.
@@ -327,7 +294,7 @@ pub fn config_from(models: &str, settings: &[(&str, &str)]) -> Config {
     let models = models.to_owned();
     Config::from_lookup(|k| match k {
         "IMAGE_MODELS" => Some(models.clone()),
-        "AZURE_API_KEY_SECRET_ID" => Some("azure-openai-key".into()),
+        "AZURE_API_KEY_SECRET_ID" => Some(AZURE_KEY_SECRET.into()),
         other => settings.iter().find(|(k, _)| *k == other).map(|(_, v)| (*v).to_owned()),
     })
     .expect("valid test configuration")
@@ -335,7 +302,14 @@ pub fn config_from(models: &str, settings: &[(&str, &str)]) -> Config {
 
 pub struct TestApp {
     pub app: Arc<App>,
-    pub secret_calls: Arc<AtomicUsize>,
+    pub secrets: Arc<ScriptedSource>,
+}
+
+impl TestApp {
+    /// Fetches of the Azure key secret.
+    pub fn secret_calls(&self) -> usize {
+        self.secrets.calls(AZURE_KEY_SECRET)
+    }
 }
 
 pub fn app_with(fake: &FakeAzure, answers: Vec<Result<String, SecretError>>) -> TestApp {
@@ -343,20 +317,21 @@ pub fn app_with(fake: &FakeAzure, answers: Vec<Result<String, SecretError>>) -> 
 }
 
 pub fn app_from(config: Config, answers: Vec<Result<String, SecretError>>) -> TestApp {
-    let (app, secret_calls) = unshared_app(config, answers);
+    let (app, secrets) = unshared_app(config, answers);
     TestApp {
         app: Arc::new(app),
-        secret_calls,
+        secrets,
     }
 }
 
-/// The app before it is shared, for tests that configure it further.
-pub fn unshared_app(config: Config, answers: Vec<Result<String, SecretError>>) -> (App, Arc<AtomicUsize>) {
-    let (source, secret_calls) = ScriptedSecrets::new(answers);
-    (
-        App::new(config, Arc::new(source), AzureClient::new().expect("client")),
-        secret_calls,
-    )
+/// The app before it is shared, for tests that configure it further: the
+/// Azure key secret answers `answers`, the client keys secret `CLIENT_KEYS`,
+/// and metrics go to a sink nobody reads (tests that read them set their own).
+pub fn unshared_app(config: Config, answers: Vec<Result<String, SecretError>>) -> (App, Arc<ScriptedSource>) {
+    let source = Arc::new(ScriptedSource::new(answers).with(CLIENT_KEYS_SECRET, vec![Ok(CLIENT_KEYS.to_owned())]));
+    let app = App::new(config, source.clone(), AzureClient::new().expect("client"))
+        .with_metrics(MetricsSink::new("AzureOpenAIImage", |_| {}));
+    (app, source)
 }
 
 pub fn app_for(fake: &FakeAzure) -> TestApp {
