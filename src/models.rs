@@ -1,5 +1,9 @@
-//! What each Azure image model accepts, as one table (WIRE.md, "Parameters per
-//! model", from the Azure 2025-04-01-preview and OpenAI specs).
+//! What each Azure image model accepts, as one table. Sources: Azure's
+//! inference spec (azure-rest-api-specs,
+//! `specification/cognitiveservices/data-plane/AzureOpenAI/inference/preview/2025-04-01-preview/inference.yaml`:
+//! `imageGenerationsRequest`, `imageSize`, `imageQuality`, `imageBackground`,
+//! `imagesOutputFormat`) and OpenAI's (openai-openapi `openapi.yaml`:
+//! `CreateImageRequest`, whose per-model notes give the prompt lengths and `n`).
 
 /// The accepted values of a field: `Any` where the model is unknown and Azure
 /// decides, `None` where the model rejects the field outright.
@@ -75,7 +79,7 @@ pub static GPT_IMAGE: ModelSpec = ModelSpec {
     always_b64: true,
 };
 
-/// A model WIRE.md does not describe: only the generic checks (types, and the
+/// A model the specs above do not describe: only the generic checks (types, and the
 /// request schema's own bounds on `n`); Azure decides the rest.
 pub static GENERIC: ModelSpec = ModelSpec {
     family: "generic",

@@ -411,3 +411,41 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(response.headers()["allow"], "GET");
     assert!(response.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn every_error_names_the_model_the_client_asked_for() {
+    let fake = FakeAzure::healthy().await;
+    let test = app_for(&fake);
+    let asked = |response: &http::Response<Vec<u8>>| json(response)["extra_fields"]["model_requested"].clone();
+
+    let too_many = test
+        .app
+        .handle(post(GEN, r#"{"model":"azure-image","prompt":"x","n":50}"#))
+        .await;
+    assert_eq!(openai_error(&too_many, 400)["param"], "n");
+    assert_eq!(asked(&too_many), "azure-image");
+
+    let wrong_key = with_header(
+        post(GEN, r#"{"model":"dall-e-3","prompt":"x"}"#),
+        "authorization",
+        "Bearer not-a-key",
+    );
+    let refused = test.app.handle(wrong_key).await;
+    openai_error(&refused, 401);
+    assert_eq!(asked(&refused), "dall-e-3");
+
+    let azure_route = test
+        .app
+        .handle(post(
+            "/openai/deployments/dall-e-3/images/generations",
+            r#"{"prompt":""}"#,
+        ))
+        .await;
+    assert_eq!(openai_error(&azure_route, 400)["param"], "prompt");
+    assert_eq!(asked(&azure_route), "dall-e-3");
+
+    let not_json = test.app.handle(post(GEN, r#"{"model":"azure-image","prompt":"#)).await;
+    openai_error(&not_json, 400);
+    assert!(asked(&not_json).is_null(), "a body that does not parse names nothing");
+    assert!(fake.requests().is_empty(), "none of these reached Azure");
+}

@@ -1,13 +1,15 @@
 //! The Lambda Runtime API loop: the next invocation, the app, the answer.
 //!
-//! Its own small client rather than `lambda_runtime`'s, for two reasons:
-//! - the answer is chosen per invocation: streamed (Function URL with
-//!   RESPONSE_STREAM, REST API with STREAM) or buffered (HTTP API), see
-//!   `RESPONSE_MODE`;
+//! Its own small client rather than `lambda_runtime`'s (which can also pick
+//! streamed or buffered per invocation, through `FunctionResponse`), for two
+//! reasons:
 //! - the connection to the Runtime API runs with TCP_NODELAY. A streamed answer
 //!   goes out as several writes (prelude, body); with Nagle's algorithm the
 //!   second waits for the Runtime API's delayed ACK, about 40 ms on every
-//!   small streamed response.
+//!   small streamed response;
+//! - a buffered answer's proxy JSON is escaped from the body's pieces as they
+//!   are, never joined into one string first (`lambda_http` serializes its
+//!   response from one `String` body).
 //!
 //! Events are parsed and turned into requests by `lambda_http`, as under
 //! `lambda_http::run`.

@@ -82,6 +82,18 @@ impl Canned {
         }
     }
 
+    /// A 200 event stream of `events` (`type`, then the rest of the data
+    /// object), sent as Azure streams them, each event its own part.
+    pub fn events(events: &[(&str, &str)]) -> Self {
+        Self::in_parts(
+            events
+                .iter()
+                .map(|(kind, rest)| Part::Data(sse_event(kind, rest)))
+                .collect(),
+        )
+        .with_header("content-type", "text/event-stream")
+    }
+
     pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
         self
@@ -139,8 +151,14 @@ impl FakeAzure {
                             tokio::time::sleep(canned.delay).await;
                             let mut response = hyper::Response::builder()
                                 .status(canned.status)
-                                .header("content-type", "application/json")
                                 .header("apim-request-id", "apim-0001");
+                            if !canned
+                                .headers
+                                .iter()
+                                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                            {
+                                response = response.header("content-type", "application/json");
+                            }
                             for (k, v) in canned.headers {
                                 response = response.header(k, v);
                             }
@@ -234,6 +252,16 @@ pub fn breaking_success(b64_len: usize) -> Canned {
         Part::Pause(Duration::from_millis(200)),
         Part::Break,
     ])
+}
+
+/// One SSE event as Azure sends it: `event:` and the data object with its `type`.
+pub fn sse_event(kind: &str, rest: &str) -> Vec<u8> {
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!(",{rest}")
+    };
+    format!("event: {kind}\ndata: {{\"type\":\"{kind}\"{rest}}}\n\n").into_bytes()
 }
 
 /// A base64 string of `len` characters (a stand-in for image data).
