@@ -283,14 +283,21 @@ impl AzureClient {
                         Want::Images { commit_after } => commit_after,
                         Want::Events => None,
                     };
-                    match reshape(response, until, commit_after).await {
+                    let reshaped = reshape(response, until, commit_after).await;
+                    // The time to Azure's whole body, or to the point its rest is relayed from.
+                    record.ms = started.elapsed().as_millis() as u64;
+                    match reshaped {
                         Ok(success) => {
-                            // The time to Azure's whole body, or to the point its rest is relayed from.
-                            record.ms = started.elapsed().as_millis() as u64;
                             attempts.push(record);
                             return Ok(Delivery::Images(success));
                         }
-                        Err(failure) => failure,
+                        // Azure answered 2xx: the images are generated and billed. Another
+                        // attempt or model would bill them again, so this failure is final.
+                        Err(error) => {
+                            record.outcome = error.code.as_deref().unwrap_or("error").to_owned();
+                            attempts.push(record);
+                            return Err(UpstreamFailure::fatal(error.billed()));
+                        }
                     }
                 }
                 Ok(Err(response)) if stream && response.refuses_streaming() => {
@@ -373,20 +380,19 @@ async fn reshape(
     response: reqwest::Response,
     until: Instant,
     commit_after: Option<usize>,
-) -> Result<Success, UpstreamFailure> {
+) -> Result<Success, ApiError> {
     let mut body = http::Response::from(response).into_body();
     let mut reshaper = Reshaper::new();
-    let malformed = |m| UpstreamFailure::fatal(ApiError::upstream_invalid_response(m));
     let reading = async {
         loop {
             let Some(frame) = body.frame().await else {
-                reshaper.finish().map_err(malformed)?;
-                return Ok::<bool, UpstreamFailure>(false);
+                reshaper.finish().map_err(ApiError::upstream_invalid_response)?;
+                return Ok::<bool, ApiError>(false);
             };
-            let Ok(data) = frame.map_err(|e| UpstreamFailure::from(classify(e)))?.into_data() else {
+            let Ok(data) = frame.map_err(|e| upstream_unavailable(classify(e)))?.into_data() else {
                 continue;
             };
-            reshaper.feed(data).map_err(malformed)?;
+            reshaper.feed(data).map_err(ApiError::upstream_invalid_response)?;
             if commit_after.is_some_and(|after| reshaper.created().is_some() && reshaper.pending_len() >= after) {
                 return Ok(true);
             }
@@ -394,7 +400,7 @@ async fn reshape(
     };
     let more = tokio::time::timeout_at(until.into(), reading)
         .await
-        .unwrap_or_else(|_| Err(UpstreamError::Timeout.into()))?;
+        .unwrap_or_else(|_| Err(upstream_unavailable(UpstreamError::Timeout)))?;
     Ok(Success {
         reshaper,
         rest: more.then_some(UpstreamBody { body, until }),

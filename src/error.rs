@@ -91,6 +91,9 @@ pub struct ApiError {
     pub inner_error: Option<Box<RawValue>>,
     /// How long the client should wait, for `Retry-After` on 429 and 503.
     pub retry_after: Option<Duration>,
+    /// Sent as `x-should-retry: false`, which the official SDKs honour: Azure
+    /// already generated (and billed) the images, so a retry would pay again.
+    pub do_not_retry: bool,
 }
 
 impl ApiError {
@@ -104,6 +107,7 @@ impl ApiError {
             param: None,
             inner_error: None,
             retry_after: None,
+            do_not_retry: false,
         }
     }
 
@@ -119,6 +123,12 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
         self.retry_after = wait;
+        self
+    }
+
+    /// The images were generated and billed before this failed: no client retry.
+    pub fn billed(mut self) -> Self {
+        self.do_not_retry = true;
         self
     }
 
@@ -145,6 +155,7 @@ impl ApiError {
             param: param.map(Cow::Owned),
             inner_error,
             retry_after: None,
+            do_not_retry: false,
         }
     }
 

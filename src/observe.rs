@@ -237,6 +237,7 @@ impl RequestLog {
             error_code,
             upstream_attempts = self.attempts.len(),
             upstream = ?upstream,
+            upstream_waits_ms = ?self.attempts.iter().map(|a| a.waited_ms).collect::<Vec<_>>(),
             upstream_ms = self.upstream_ms(),
             total_ms,
             bytes_out,

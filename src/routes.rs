@@ -135,7 +135,8 @@ fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestL
     };
     let len = answer.body().known_len().unwrap_or(0);
     if let Some(limit) = req.response_limit.filter(|limit| len > *limit) {
-        let err = ApiError::response_too_large(len, limit);
+        // The images exist and are billed: a retry would pay for them again.
+        let err = ApiError::response_too_large(len, limit).billed();
         answer = error_response(&err, &log);
         code = err.code;
     }
@@ -185,6 +186,9 @@ fn error_response(err: &ApiError, log: &RequestLog) -> Answer {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         headers.insert("retry-after-ms", HeaderValue::from(wait.as_millis() as u64));
+    }
+    if err.do_not_retry {
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     response
 }

@@ -327,8 +327,7 @@ async fn a_truncated_success_is_502() {
 async fn an_unreachable_upstream_is_502() {
     let fake = FakeAzure::healthy().await;
     let test = app_for(&fake);
-    fake.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fake.stop().await;
     let err = openai_error(&test.app.handle(post(GEN, r#"{"prompt":"x"}"#)).await, 502);
     assert_eq!(err["code"], "upstream_unreachable");
 }

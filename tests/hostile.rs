@@ -12,10 +12,14 @@ use serde_json::{Map, Value, json};
 const GEN: &str = "/v1/images/generations";
 
 /// One runtime, one Azure stand-in and one app for every generated case.
+/// The app caches no secret, so every request that gets to Azure fetches its
+/// key: the counts tell what a refused request set in motion.
 struct World {
     runtime: tokio::runtime::Runtime,
     test: TestApp,
-    _fake: FakeAzure,
+    fake: FakeAzure,
+    /// One case at a time, so the counts belong to it.
+    turn: std::sync::Mutex<()>,
 }
 
 fn world() -> &'static World {
@@ -27,20 +31,36 @@ fn world() -> &'static World {
             .build()
             .expect("runtime");
         let fake = runtime.block_on(FakeAzure::healthy());
-        let test = app_for(&fake);
+        let config = config_with(
+            &fake,
+            &[
+                ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
+                ("MAX_RETRIES", "0"),
+                ("SECRET_CACHE_TTL_SECONDS", "0"),
+            ],
+        );
+        let test = app_from(config, vec![Ok(AZURE_KEY.to_owned())]);
         World {
             runtime,
             test,
-            _fake: fake,
+            fake,
+            turn: std::sync::Mutex::new(()),
         }
     })
 }
 
-/// The answer to `body` on `path`: asserts it is a success or an OpenAI-format 4xx.
+/// The answer to `body` on `path`: asserts it is a success or an OpenAI-format
+/// 4xx, and that a refused request reached neither Azure nor Secrets Manager.
 fn answer(path: &str, body: &[u8]) -> u16 {
-    let world = world();
     let mut req = post(path, "");
     req.body = bytes::Bytes::copy_from_slice(body);
+    handled(req).status().as_u16()
+}
+
+fn handled(req: azure_openai_image::exchange::Incoming) -> http::Response<Vec<u8>> {
+    let world = world();
+    let _turn = world.turn.lock().unwrap_or_else(|p| p.into_inner());
+    let (sent, fetched) = (world.fake.requests().len(), world.test.secret_calls());
     let response = world.runtime.block_on(world.test.app.handle(req));
     let status = response.status().as_u16();
     assert!(
@@ -48,10 +68,15 @@ fn answer(path: &str, body: &[u8]) -> u16 {
         "status {status}: {}",
         String::from_utf8_lossy(response.body())
     );
-    if status != 200 {
+    let (sent_now, fetched_now) = (world.fake.requests().len(), world.test.secret_calls());
+    if status == 200 {
+        assert_eq!(sent_now, sent + 1, "one upstream call for a valid request");
+    } else {
         openai_error(&response, status);
+        assert_eq!(sent_now, sent, "a refused request reached Azure");
+        assert_eq!(fetched_now, fetched, "a refused request fetched the Azure key");
     }
-    status
+    response
 }
 
 fn field_value() -> impl Strategy<Value = Value> {
@@ -171,8 +196,7 @@ fn numbers_out_of_range_are_400_on_their_field() {
         (r#"{"prompt":"x","output_compression":-1}"#, "output_compression"),
         (r#"{"prompt":"x","partial_images":4}"#, "partial_images"),
     ] {
-        let world = world();
-        let response = world.runtime.block_on(world.test.app.handle(post(GEN, body)));
+        let response = handled(post(GEN, body));
         let err = openai_error(&response, 400);
         if !param.is_empty() {
             assert_eq!(err["param"], param, "{body}");

@@ -59,6 +59,8 @@ pub struct Canned {
 pub enum Part {
     Data(Vec<u8>),
     Pause(Duration),
+    /// Waits until the test opens the gate.
+    Gate(Arc<tokio::sync::Notify>),
     /// The connection breaks: the body never ends.
     Break,
 }
@@ -112,7 +114,7 @@ type Responder = dyn Fn(&Recorded, usize) -> Canned + Send + Sync;
 pub struct FakeAzure {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl FakeAzure {
@@ -172,7 +174,11 @@ impl FakeAzure {
                 });
             }
         });
-        Self { addr, received, task }
+        Self {
+            addr,
+            received,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     /// Answers every request as a healthy deployment of its model would.
@@ -188,14 +194,21 @@ impl FakeAzure {
         format!("http://{}/openai/deployments/{deployment}", self.addr)
     }
 
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Stops listening; returns once the port is closed.
+    pub async fn stop(&self) {
+        let task = self.task.lock().expect("lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for FakeAzure {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().expect("lock").take() {
+            task.abort();
+        }
     }
 }
 
@@ -214,6 +227,7 @@ impl PartsBody {
                         }
                     }
                     Part::Pause(pause) => tokio::time::sleep(pause).await,
+                    Part::Gate(gate) => gate.notified().await,
                     Part::Break => {
                         let _ = tx.send(Err(std::io::Error::other("the stand-in breaks off"))).await;
                         return;
@@ -450,4 +464,78 @@ pub fn emf_record(line: &str) -> serde_json::Value {
         }
     }
     record
+}
+
+/// A writer that keeps what the log subscriber writes.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("lock"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURE: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's capture, if any.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(captured) = c.borrow_mut().as_mut() {
+                captured.0.lock().expect("lock").extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Handles `req` with the logs captured: the answer, and the request's log
+/// line. One global subscriber writes each thread's lines to that thread's
+/// capture: a scoped one per test loses events to the callsite cache when
+/// tests run in parallel.
+pub async fn handle_logged(app: &Arc<App>, req: Incoming) -> (Response<Vec<u8>>, serde_json::Value) {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let subscriber = azure_openai_image::observe::log_subscriber(|| ThreadCapture);
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
+    let logs = Captured::default();
+    CAPTURE.with(|c| *c.borrow_mut() = Some(logs.clone()));
+    let response = app.handle(req).await;
+    CAPTURE.with(|c| *c.borrow_mut() = None);
+    let line = logs
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every log line is JSON"))
+        .find(|l| l["message"] == "request")
+        .unwrap_or_else(|| panic!("no request line in {:?}", logs.lines()));
+    (response, line)
+}
+
+/// The waits before each upstream attempt, in milliseconds, from a log line.
+pub fn waits(line: &serde_json::Value) -> Vec<u64> {
+    let text = line["upstream_waits_ms"].as_str().expect("upstream_waits_ms");
+    serde_json::from_str(text).expect("a list of numbers")
 }
