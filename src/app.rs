@@ -2,16 +2,16 @@
 //! clients, built once and shared by every request.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
 use crate::auth::{Caller, ClientKeys};
-use crate::azure::{AzureClient, NoStreamMarks};
+use crate::azure::{AzureClient, DEADLINE_MARGIN, NoStreamMarks};
 use crate::config::{AuthMode, Config};
 use crate::error::ApiError;
 use crate::observe::MetricsSink;
-use crate::secrets::{ApiKey, SecretCache, SecretSource};
+use crate::secrets::{ApiKey, SecretCache, SecretSource, by_deadline};
 
 pub struct App {
     config: Config,
@@ -74,15 +74,14 @@ impl App {
         self.started
     }
 
-    /// The caller behind the request's key, as `AUTH_MODE` says to check it.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The caller behind the request's key, as `AUTH_MODE` says to check it;
+    /// the keys' fetch bounded by the request's `deadline`.
+    pub async fn authenticate(&self, headers: &HeaderMap, deadline: Option<Instant>) -> Result<Caller, ApiError> {
         match &self.config.auth {
             AuthMode::None => Ok(Caller::unchecked()),
             AuthMode::ClientKeys { secret_id: None } => Err(crate::auth::no_keys_configured()),
             AuthMode::ClientKeys { secret_id: Some(id) } => {
-                let keys = self
-                    .client_keys
-                    .get(id)
+                let keys = by_deadline(deadline, DEADLINE_MARGIN, self.client_keys.get(id))
                     .await
                     .map_err(|e| e.to_api_error("its client keys"))?;
                 keys.authenticate(headers)

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::observe::AttemptRecord;
 use crate::operation::{Operation, OperationRequest, UpstreamRequest};
 use crate::reshape::Reshaper;
-use crate::secrets::{ApiKey, SecretCache};
+use crate::secrets::{ApiKey, SecretCache, by_deadline};
 use crate::upstream::{UpstreamError, UpstreamFailure, UpstreamResponse, upstream_unavailable};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,10 +50,20 @@ impl Budget {
         (left >= needed).then(|| left.min(cap))
     }
 
-    /// Whether a wait of `wait` still leaves time for another attempt.
+    /// Whether the connector waits `wait` before another attempt: not when it
+    /// is longer than the configured maximum, nor when it leaves no time for
+    /// the attempt before the deadline. The failure is answered at once
+    /// instead, with Azure's `Retry-After` passed on.
     pub fn can_wait(&self, wait: Duration) -> bool {
-        self.deadline
-            .is_none_or(|deadline| Instant::now() + wait + MIN_ATTEMPT + DEADLINE_MARGIN <= deadline)
+        if wait > self.retry.max_wait {
+            return false;
+        }
+        let Some(deadline) = self.deadline else {
+            return true;
+        };
+        Instant::now()
+            .checked_add(wait + MIN_ATTEMPT + DEADLINE_MARGIN)
+            .is_some_and(|ready| ready <= deadline)
     }
 }
 
@@ -235,8 +245,7 @@ impl AzureClient {
         attempts: &mut Vec<AttemptRecord>,
     ) -> Result<Delivery, UpstreamFailure> {
         let budget = call.budget;
-        let mut key = keys
-            .get(&entry.secret_id)
+        let mut key = by_deadline(budget.deadline, DEADLINE_MARGIN, keys.get(&entry.secret_id))
             .await
             .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
         let mut stream = call.want == Want::Events && entry.spec.always_b64 && !marks.is_marked(entry);
@@ -266,8 +275,7 @@ impl AzureClient {
                     record.outcome = "key_rejected".into();
                     attempts.push(record);
                     tracing::warn!(model = %entry.name, "Azure refused the cached key; fetching it again");
-                    key = keys
-                        .refresh(&entry.secret_id, &key)
+                    key = by_deadline(budget.deadline, DEADLINE_MARGIN, keys.refresh(&entry.secret_id, &key))
                         .await
                         .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
                     waited = Duration::ZERO;
@@ -440,6 +448,7 @@ mod tests {
             retry: RetrySettings {
                 max_retries: 2,
                 attempt_timeout,
+                max_wait: Duration::from_secs(60),
             },
         }
     }
@@ -451,7 +460,15 @@ mod tests {
             budget(None, Some(Duration::from_secs(40))).attempt(true),
             Some(Duration::from_secs(40))
         );
-        assert!(budget(None, None).can_wait(Duration::from_secs(3600)));
+        assert!(budget(None, None).can_wait(Duration::from_secs(60)));
+        assert!(
+            !budget(None, None).can_wait(Duration::from_secs(61)),
+            "past the configured maximum"
+        );
+        assert!(
+            !budget(Some(Duration::from_secs(30)), None).can_wait(Duration::MAX),
+            "never overflows"
+        );
     }
 
     #[test]

@@ -20,9 +20,12 @@ pub const MAX_RETRIES: &str = "MAX_RETRIES";
 pub const UPSTREAM_TIMEOUT_SECONDS: &str = "UPSTREAM_TIMEOUT_SECONDS";
 pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 pub const RESPONSE_MODE: &str = "RESPONSE_MODE";
+pub const MAX_RETRY_WAIT_SECONDS: &str = "MAX_RETRY_WAIT_SECONDS";
+pub const HTTP_API_TIMEOUT_MS: &str = "HTTP_API_TIMEOUT_MS";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u32 = 2;
+const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_METRICS_NAMESPACE: &str = "AzureOpenAIImage";
 
 /// The connector's settings.
@@ -36,6 +39,9 @@ pub struct Config {
     /// The CloudWatch namespace of the EMF metrics.
     pub metrics_namespace: String,
     pub response_mode: ResponseMode,
+    /// The HTTP API's integration timeout: its invocations answer before it,
+    /// whatever Lambda's own deadline. `None`: no bound but Lambda's.
+    pub http_api_timeout: Option<Duration>,
 }
 
 /// How the function answers the Lambda Runtime API: streamed (Function URL
@@ -57,6 +63,9 @@ pub struct RetrySettings {
     pub max_retries: u32,
     /// The bound on one attempt; `None`: what the Lambda deadline allows.
     pub attempt_timeout: Option<Duration>,
+    /// The longest wait before a retry, whatever Azure's `Retry-After` asks
+    /// (a deadline bounds it further).
+    pub max_wait: Duration,
 }
 
 /// Who checks callers.
@@ -71,7 +80,7 @@ pub enum AuthMode {
 }
 
 /// One configured Azure image deployment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ModelEntry {
     /// What clients send as `model` (or as the Azure route's deployment id).
     pub name: String,
@@ -86,6 +95,20 @@ pub struct ModelEntry {
     pub spec: &'static ModelSpec,
     /// Configured names to try, in order, when this model fails with a retryable error.
     pub fallbacks: Vec<String>,
+}
+
+/// The upstream URL names the Azure resource: kept out of anything printed.
+impl fmt::Debug for ModelEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelEntry")
+            .field("name", &self.name)
+            .field("model", &self.model)
+            .field("deployment", &self.deployment)
+            .field("api_version", &self.api_version)
+            .field("spec", &self.spec.family)
+            .field("fallbacks", &self.fallbacks)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +158,16 @@ impl Config {
         let default_secret = lookup(AZURE_API_KEY_SECRET_ID)
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
-        let secret_ttl = whole_number(&lookup, SECRET_CACHE_TTL_SECONDS, 0..=u64::MAX)?
+        // Every duration is bounded here, so no arithmetic on it can overflow later.
+        let secret_ttl = whole_number(&lookup, SECRET_CACHE_TTL_SECONDS, 0..=86_400)?
             .map_or(DEFAULT_SECRET_TTL, Duration::from_secs);
         let retry = RetrySettings {
             max_retries: whole_number(&lookup, MAX_RETRIES, 0..=10)?.map_or(DEFAULT_MAX_RETRIES, |n| n as u32),
             attempt_timeout: whole_number(&lookup, UPSTREAM_TIMEOUT_SECONDS, 1..=900)?.map(Duration::from_secs),
+            max_wait: whole_number(&lookup, MAX_RETRY_WAIT_SECONDS, 1..=900)?
+                .map_or(DEFAULT_MAX_RETRY_WAIT, Duration::from_secs),
         };
+        let http_api_timeout = whole_number(&lookup, HTTP_API_TIMEOUT_MS, 50..=30_000)?.map(Duration::from_millis);
         let metrics_namespace = match lookup(METRICS_NAMESPACE).map(|v| v.trim().to_owned()) {
             None => DEFAULT_METRICS_NAMESPACE.to_owned(),
             Some(ns)
@@ -220,6 +247,7 @@ impl Config {
             retry,
             metrics_namespace,
             response_mode,
+            http_api_timeout,
         })
     }
 
@@ -423,6 +451,7 @@ mod tests {
         assert_eq!(
             cfg.retry,
             RetrySettings {
+                max_wait: Duration::from_secs(60),
                 max_retries: 2,
                 attempt_timeout: None
             }
@@ -432,12 +461,19 @@ mod tests {
             cfg.retry,
             RetrySettings {
                 max_retries: 0,
-                attempt_timeout: Some(Duration::from_secs(45))
+                attempt_timeout: Some(Duration::from_secs(45)),
+                max_wait: Duration::from_secs(60),
             }
         );
         for (var, bad) in [
             (MAX_RETRIES, "11"),
             (MAX_RETRIES, "-1"),
+            (SECRET_CACHE_TTL_SECONDS, "18446744073709551615"),
+            (SECRET_CACHE_TTL_SECONDS, "86401"),
+            (MAX_RETRY_WAIT_SECONDS, "0"),
+            (MAX_RETRY_WAIT_SECONDS, "901"),
+            (HTTP_API_TIMEOUT_MS, "49"),
+            (HTTP_API_TIMEOUT_MS, "30001"),
             (UPSTREAM_TIMEOUT_SECONDS, "0"),
             (UPSTREAM_TIMEOUT_SECONDS, "1.5"),
         ] {

@@ -105,7 +105,7 @@ async fn prepare<'a>(
             .flatten()
             .map(|m| printable(&m)),
     };
-    let caller = app.authenticate(&req.headers).await?;
+    let caller = app.authenticate(&req.headers, req.deadline).await?;
     log.client = caller.name.clone();
     if req.body.len() > limit {
         return Err(ApiError::request_too_large(limit));

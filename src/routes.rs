@@ -99,7 +99,7 @@ impl App {
             }
             Route::Models => {
                 log.request_type = "list_models";
-                match self.authenticate(&req.headers).await {
+                match self.authenticate(&req.headers, req.deadline).await {
                     Ok(caller) => {
                         log.client = caller.name.clone();
                         Ok(ok_json(ResponseBody::from(model_list(self, &caller))))
@@ -116,6 +116,24 @@ impl App {
             answer.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         answer
+    }
+
+    /// The answer to a request whose handling failed without an answer of its
+    /// own (it panicked): a 500 with an OpenAI body, logged like any other.
+    pub fn failed(&self, request_id: &str, method: Method, response_limit: Option<usize>) -> Answer {
+        let mut log = RequestLog::new(request_id, method.as_str());
+        log.route = "failed";
+        let req = Incoming {
+            method,
+            path: String::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            deadline: None,
+            request_id: request_id.to_owned(),
+            response_limit,
+        };
+        let err = ApiError::internal("The connector failed while answering this request. Please retry.");
+        finish(self.metrics(), Err(err), log, &req)
     }
 
     /// The same, whole: what a buffered front door sends, and what tests read.

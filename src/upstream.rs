@@ -197,22 +197,28 @@ pub fn upstream_unavailable(err: UpstreamError) -> ApiError {
 /// Azure's `retry-after-ms`, else `retry-after` in seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = header("retry-after-ms")
+    let asked = if let Some(ms) = header("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e12)
+        .filter(|v| v.is_finite() && *v >= 0.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    let value = header("retry-after")?;
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+        Duration::from_secs_f64(ms.min(LONGEST_RETRY_AFTER.as_secs_f64() * 1000.0) / 1000.0)
+    } else {
+        let value = header("retry-after")?;
+        match value.parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds.min(LONGEST_RETRY_AFTER.as_secs())),
+            Err(_) => httpdate::parse_http_date(value)
+                .ok()?
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        }
+    };
+    Some(asked.min(LONGEST_RETRY_AFTER))
 }
+
+/// The most of a `Retry-After` the connector believes: a day. Whatever Azure
+/// (or something posing as it) sends, the waits it leads to stay small
+/// enough for any clock arithmetic.
+pub const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 #[cfg(test)]
 mod tests {
@@ -318,6 +324,12 @@ mod tests {
             wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
             "{wait:?}"
         );
+        for huge in ["18446744073709551615", "99999999999999999999999"] {
+            let wait = retry_after(&upstream(429, "", &[("retry-after", huge)]).headers);
+            assert!(wait.is_none_or(|w| w <= LONGEST_RETRY_AFTER), "{huge}: {wait:?}");
+        }
+        let huge_ms = retry_after(&upstream(429, "", &[("retry-after-ms", "1e300")]).headers);
+        assert_eq!(huge_ms, Some(LONGEST_RETRY_AFTER));
         let past = retry_after(&upstream(429, "", &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]).headers);
         assert_eq!(past, Some(Duration::ZERO));
         assert_eq!(

@@ -448,3 +448,39 @@ async fn every_error_names_the_model_the_client_asked_for() {
     assert!(asked(&not_json).is_null(), "a body that does not parse names nothing");
     assert!(fake.requests().is_empty(), "none of these reached Azure");
 }
+
+/// Secrets Manager that takes the call and never answers.
+struct Silent;
+
+impl azure_openai_image::secrets::SecretSource for Silent {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> azure_openai_image::secrets::SecretFuture<'a> {
+        if secret_id == CLIENT_KEYS_SECRET {
+            return Box::pin(async { Ok(CLIENT_KEYS.to_owned()) });
+        }
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_secret_fetch_is_bounded_by_the_request_deadline() {
+    let fake = FakeAzure::healthy().await;
+    let app = std::sync::Arc::new(
+        azure_openai_image::App::new(
+            config_for(&fake),
+            std::sync::Arc::new(Silent),
+            azure_openai_image::azure::AzureClient::new().expect("client"),
+        )
+        .with_metrics(azure_openai_image::observe::MetricsSink::new(
+            "AzureOpenAIImage",
+            |_| {},
+        )),
+    );
+    let req = with_deadline(post(GEN, r#"{"prompt":"x"}"#), Duration::from_secs(3));
+    // Only a hang guard: without the bound the fetch would wait for ever.
+    let response = tokio::time::timeout(Duration::from_secs(60), app.handle(req))
+        .await
+        .expect("an answer while the secret fetch still hangs");
+    assert_eq!(openai_error(&response, 503)["code"], "secrets_unavailable");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(fake.requests().is_empty());
+}

@@ -258,3 +258,82 @@ async fn a_streamed_answer_that_breaks_off_ends_with_the_error_trailers() {
             .is_some_and(|m| m.contains("upstream_unreachable"))
     );
 }
+
+/// Client keys as usual; the Azure key's fetch panics, as a bug deep in a
+/// dependency would.
+struct PanicsOnAzureKey;
+
+impl azure_openai_image::secrets::SecretSource for PanicsOnAzureKey {
+    fn fetch<'a>(&'a self, secret_id: &'a str) -> azure_openai_image::secrets::SecretFuture<'a> {
+        let id = secret_id.to_owned();
+        Box::pin(async move {
+            if id == CLIENT_KEYS_SECRET {
+                return Ok(CLIENT_KEYS.to_owned());
+            }
+            panic!("a bug while fetching {id}")
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_one_invocation_is_answered_500_and_the_loop_goes_on() {
+    let fake = FakeAzure::healthy().await;
+    let app = azure_openai_image::App::new(
+        config_for(&fake),
+        Arc::new(PanicsOnAzureKey),
+        azure_openai_image::azure::AzureClient::new().expect("client"),
+    )
+    .with_metrics(azure_openai_image::observe::MetricsSink::new(
+        "AzureOpenAIImage",
+        |_| {},
+    ));
+    let test = TestApp {
+        app: Arc::new(app),
+        secrets: Arc::new(azure_openai_image::secrets::ScriptedSource::new(Vec::new())),
+    };
+    let answers = serve(
+        &test,
+        vec![
+            ("inv-panic", event("function-url-generation.json")),
+            ("inv-after", event("function-url-health.json")),
+        ],
+    )
+    .await;
+    assert_eq!(answers.len(), 2, "the loop went on after the panic");
+    assert_eq!(answers[0].path, "/2018-06-01/runtime/invocation/inv-panic/response");
+    let (prelude, body) = split_stream(&answers[0].body);
+    assert_eq!(prelude["statusCode"], 500);
+    let error: Value = serde_json::from_slice(body).expect("an OpenAI error body");
+    assert_eq!(error["error"]["code"], "internal_error");
+    assert!(
+        !String::from_utf8_lossy(body).contains("a bug while"),
+        "panic text stays in the log"
+    );
+    let (prelude, _) = split_stream(&answers[1].body);
+    assert_eq!(prelude["statusCode"], 200);
+}
+
+#[tokio::test]
+async fn an_http_api_invocation_answers_before_the_integration_timeout() {
+    let fake = FakeAzure::start(|req, _| success_for(req).delayed(std::time::Duration::from_secs(30))).await;
+    let config = config_with(
+        &fake,
+        &[
+            ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
+            ("HTTP_API_TIMEOUT_MS", "2500"),
+        ],
+    );
+    let test = app_from(config, vec![Ok(AZURE_KEY.to_owned())]);
+    // API Gateway received the request just now; Lambda's own deadline (cargo lambda's) is far off.
+    let mut received: Value = serde_json::from_str(&event("http-api-generation.json")).expect("event");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    received["requestContext"]["timeEpoch"] = now_ms.into();
+    let answers = serve(&test, vec![("inv-slow", received.to_string())]).await;
+    let proxy: Value = serde_json::from_slice(&answers[0].body).expect("proxy response");
+    assert_eq!(proxy["statusCode"], 504, "the connector's own 504, not API Gateway's");
+    let body: Value = serde_json::from_str(proxy["body"].as_str().expect("body")).expect("JSON");
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+}

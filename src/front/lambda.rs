@@ -71,7 +71,7 @@ fn route_path(event: &Request) -> String {
 /// The invocation deadline (epoch milliseconds) as an `Instant`. A deadline
 /// already past is treated as absent: `cargo lambda watch` sends a duration,
 /// not an epoch time, and no real invocation starts after its own deadline.
-fn deadline(epoch_ms: u64) -> Option<Instant> {
+pub(crate) fn deadline(epoch_ms: u64) -> Option<Instant> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     let left = Duration::from_millis(epoch_ms).checked_sub(now)?;
     Some(Instant::now() + left)

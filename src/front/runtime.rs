@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::app::App;
 use crate::config::ResponseMode;
-use crate::exchange::{Aborted, ResponseBody};
+use crate::exchange::{Aborted, Answer, Incoming, ResponseBody};
 use crate::json_text::{concat, escape_into, is_utf8};
 
 /// A buffered Lambda response holds at most this many bytes (6 MB).
@@ -79,22 +79,87 @@ pub async fn serve(api: &str, app: Arc<App>, limit: Option<usize>) -> Result<(),
         };
         let streams = streams(app.config().response_mode, &payload);
         let rest_api = matches!(payload, LambdaRequest::ApiGatewayV1(_));
+        let http_api_deadline =
+            http_api_received(&payload)
+                .zip(app.config().http_api_timeout)
+                .and_then(|(received, timeout)| {
+                    super::lambda::deadline(received.saturating_add(timeout.as_millis() as u64))
+                });
         let mut request: lambda_http::Request = payload.into();
         request
             .extensions_mut()
             .insert(context(&request_id, &headers, env_config.clone()));
         let mut incoming = super::lambda::incoming(request);
         incoming.response_limit = (!streams).then_some(BUFFERED_LIMIT - ENVELOPE);
-        let response = app.respond(incoming).await;
-        if streams {
-            client.post_stream(&request_id, response).await?;
+        // API Gateway gives up at its integration timeout: answer before it, not after.
+        incoming.deadline = match (incoming.deadline, http_api_deadline) {
+            (Some(lambda), Some(api)) => Some(lambda.min(api)),
+            (lambda, api) => lambda.or(api),
+        };
+        let response = respond_or_fail(&app, incoming).await;
+        // A refused or failed post is logged: the next invocation still comes.
+        let posted = if streams {
+            client.post_stream(&request_id, response).await
         } else {
             let (parts, body) = response.into_parts();
             let payload = buffered_payload(parts.status, &parts.headers, &body.collect().await, rest_api);
-            client.post_response(&request_id, payload).await?;
+            client.post_response(&request_id, payload).await
+        };
+        if let Err(err) = posted {
+            tracing::error!(error = %err, "the answer could not be posted");
         }
     }
     Ok(())
+}
+
+/// The app's answer; a panic inside it becomes a 500 with an OpenAI body for
+/// this invocation, and the loop goes on with the next one.
+async fn respond_or_fail(app: &Arc<App>, incoming: Incoming) -> Answer {
+    let (request_id, method, response_limit) = (
+        incoming.request_id.clone(),
+        incoming.method.clone(),
+        incoming.response_limit,
+    );
+    let mut answer = Box::pin(app.respond(incoming));
+    let caught = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer.as_mut().poll(cx))) {
+            Ok(Poll::Ready(answer)) => Poll::Ready(Ok(answer)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    match caught {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(request_id, panic = %what, "the request panicked");
+            app.failed(&request_id, method, response_limit)
+        }
+    }
+}
+
+/// When API Gateway's HTTP API received the request (epoch milliseconds);
+/// `None` for other front doors.
+fn http_api_received(payload: &LambdaRequest) -> Option<u64> {
+    match payload {
+        LambdaRequest::ApiGatewayV2(event) if !is_function_url(event) => {
+            u64::try_from(event.request_context.time_epoch).ok().filter(|t| *t > 0)
+        }
+        _ => None,
+    }
+}
+
+fn is_function_url(event: &lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest) -> bool {
+    event
+        .request_context
+        .domain_name
+        .as_deref()
+        .is_some_and(|domain| domain.contains(".lambda-url."))
 }
 
 /// Whether this invocation's answer streams: `auto` streams Function URL and
@@ -105,11 +170,7 @@ pub fn streams(mode: ResponseMode, payload: &LambdaRequest) -> bool {
         ResponseMode::Stream => true,
         ResponseMode::Buffered => false,
         ResponseMode::Auto => match payload {
-            LambdaRequest::ApiGatewayV2(event) => event
-                .request_context
-                .domain_name
-                .as_deref()
-                .is_some_and(|domain| domain.contains(".lambda-url.")),
+            LambdaRequest::ApiGatewayV2(event) => is_function_url(event),
             _ => true,
         },
     }
@@ -291,7 +352,14 @@ impl Body for Outgoing {
                 if answer.ended {
                     return Poll::Ready(None);
                 }
-                Pin::new(&mut answer.body).poll_frame(cx).map(|frame| match frame {
+                // A panic while the body is produced breaks the answer off; the loop goes on.
+                let body = &mut answer.body;
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(body).poll_frame(cx)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("producing a streamed answer panicked");
+                        Poll::Ready(Some(Err(Aborted { code: "internal_error" })))
+                    });
+                polled.map(|frame| match frame {
                     Some(Err(aborted)) => {
                         answer.ended = true;
                         Some(Ok(Frame::trailers(error_trailers(&aborted))))
