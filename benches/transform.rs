@@ -11,6 +11,7 @@ use azure_openai_image::operation::Defaults;
 use azure_openai_image::operation::GenerationRequest;
 use azure_openai_image::reshape;
 use azure_openai_image::reshape::Reshaper;
+use azure_openai_image::sse::EventParser;
 use azure_openai_image::stream::completed_events;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -77,7 +78,7 @@ fn response(c: &mut Criterion) {
     let mut group = c.benchmark_group("completed_events");
     group.sample_size(20);
     for (name, size) in SIZES {
-        let body = azure_body(size);
+        let body = Bytes::from(azure_body(size));
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), &body, |b, body| {
             b.iter(|| {
@@ -110,5 +111,33 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request, response);
+/// Azure's event stream as a socket brings it: one 5 MB `completed` event
+/// (a large image) in 16 KiB and 64 KiB pieces. The parser's cost must not
+/// grow with the number of pieces.
+fn events(c: &mut Criterion) {
+    let b64 = "QUJD".repeat(5_000_000 / 4);
+    let stream = format!(
+        "event: image_generation.completed\ndata: {{\"type\":\"image_generation.completed\",\"b64_json\":\"{b64}\"}}\n\n"
+    )
+    .into_bytes();
+    let mut group = c.benchmark_group("sse_5mb_event");
+    group.sample_size(20);
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    for piece in [16 * 1024, 64 * 1024, stream.len()] {
+        let label = if piece == stream.len() { "whole".to_owned() } else { format!("{}k", piece / 1024) };
+        group.bench_with_input(BenchmarkId::from_parameter(label), &piece, |b, &piece| {
+            b.iter(|| {
+                let mut parser = EventParser::default();
+                let mut events = 0;
+                for chunk in stream.chunks(piece) {
+                    events += parser.push(black_box(chunk)).expect("under the limit").len();
+                }
+                events
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, request, response, events);
 criterion_main!(benches);

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
@@ -134,6 +135,12 @@ pub struct UpstreamBody {
     pub until: Instant,
 }
 
+/// The most of a success body read whole when the front door sets no lower
+/// limit: what a streamed Lambda response carries (200 MB).
+pub const MAX_WHOLE_BODY: usize = 200 * 1024 * 1024;
+/// The most of a failure's body read: Azure's error objects are a few hundred bytes.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
 /// One request's call: the operation, the validated request, and the models
 /// to try, the one asked for first.
 pub struct Call<'a> {
@@ -144,6 +151,9 @@ pub struct Call<'a> {
     pub skipped: Vec<String>,
     pub budget: Budget,
     pub want: Want,
+    /// The most of an answer the front door takes whole: past it, reading
+    /// stops and the client gets `response_too_large`.
+    pub limit: usize,
 }
 
 /// Deployments that refused `stream` (an api-version without image
@@ -291,7 +301,7 @@ impl AzureClient {
                         Want::Images { commit_after } => commit_after,
                         Want::Events => None,
                     };
-                    let reshaped = reshape(response, until, commit_after).await;
+                    let reshaped = reshape(response, until, commit_after, call.limit).await;
                     // The time to Azure's whole body, or to the point its rest is relayed from.
                     record.ms = started.elapsed().as_millis() as u64;
                     match reshaped {
@@ -362,13 +372,26 @@ impl AzureClient {
             }
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(classify)?;
+            let body = read_at_most(response, MAX_ERROR_BODY).await?;
             Ok(Err(UpstreamResponse { status, headers, body }))
         };
         tokio::time::timeout_at(until.into(), attempt)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
+}
+
+/// A failure's body, up to `limit` bytes: what lies past it is not read.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == limit {
+            break;
+        }
+    }
+    Ok(Bytes::from(body))
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -383,12 +406,14 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// Reads a success body into a reshaper, by `until`. Returns when it has all
 /// of it, or, with `commit_after`, as soon as the body has shown a valid
-/// `created` and that many bytes of output wait.
+/// `created` and that many bytes of output wait. Stops reading past `limit`.
 async fn reshape(
     response: reqwest::Response,
     until: Instant,
     commit_after: Option<usize>,
+    limit: usize,
 ) -> Result<Success, ApiError> {
+    let announced = response.content_length().map(|len| len as usize);
     let mut body = http::Response::from(response).into_body();
     let mut reshaper = Reshaper::new();
     let reading = async {
@@ -401,6 +426,10 @@ async fn reshape(
                 continue;
             };
             reshaper.feed(data).map_err(ApiError::upstream_invalid_response)?;
+            if reshaper.pending_len() > limit {
+                let size = announced.unwrap_or(0).max(reshaper.pending_len());
+                return Err(ApiError::response_too_large(size, limit));
+            }
             if commit_after.is_some_and(|after| reshaper.created().is_some() && reshaper.pending_len() >= after) {
                 return Ok(true);
             }

@@ -6,7 +6,7 @@
 
 use crate::app::App;
 use crate::auth::Caller;
-use crate::azure::{Budget, Call, Delivery, Success, Want};
+use crate::azure::{Budget, Call, Delivery, MAX_WHOLE_BODY, Success, Want};
 use crate::config::ModelEntry;
 use crate::error::{self, ApiError, printable};
 use crate::exchange::{Answer, Incoming, ResponseBody, ok_json};
@@ -25,8 +25,8 @@ pub(crate) struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Azure's part of the request, bounded by `budget`.
-    pub fn call(&self, budget: Budget, want: Want) -> Call<'_> {
+    /// Azure's part of the request, bounded by `budget` and the front door's `limit`.
+    pub fn call(&self, budget: Budget, want: Want, limit: Option<usize>) -> Call<'_> {
         Call {
             operation: self.operation,
             request: self.request.as_ref(),
@@ -34,6 +34,7 @@ impl Plan<'_> {
             skipped: self.skipped.clone(),
             budget,
             want,
+            limit: limit.unwrap_or(MAX_WHOLE_BODY),
         }
     }
 }
@@ -58,12 +59,12 @@ pub(crate) async fn serve(
         } else {
             Want::Images { commit_after: None }
         };
-        return crate::stream::answer(app, plan.call(budget, want), log).await;
+        return crate::stream::answer(app, plan.call(budget, want, req.response_limit), log).await;
     }
     // A front door that buffers needs the whole answer anyway; one that
     // streams gets it while Azure's arrives.
     let commit_after = req.response_limit.is_none().then_some(COMMIT_AFTER);
-    let call = plan.call(budget, Want::Images { commit_after });
+    let call = plan.call(budget, Want::Images { commit_after }, req.response_limit);
     let (delivery, served) = app
         .azure()
         .call(app.azure_keys(), app.no_stream(), call, &mut log.attempts)

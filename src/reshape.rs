@@ -59,7 +59,17 @@ pub enum Malformed {
     NoData,
     #[error("has a `data` that is not a list of images")]
     Data,
+    #[error("nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
 }
+
+/// The deepest nesting an images response may have: its own shape needs four
+/// levels (body, `data`, an image, its content filter results); a hostile
+/// body of nothing but `[` would otherwise grow the stack by a frame a byte.
+pub const MAX_DEPTH: usize = 32;
+
+/// The most of `usage` kept for the logs; a longer one is not an `ImagesUsage`.
+const MAX_USAGE_TEXT: usize = 64 * 1024;
 
 /// What the next token may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +147,8 @@ pub struct Reshaper {
     key: Vec<u8>,
     /// Inside `usage`: its raw text so far.
     usage_text: Option<Vec<u8>>,
+    /// `usage` was longer than [`MAX_USAGE_TEXT`].
+    usage_dropped: bool,
     utf8: Utf8Tail,
     created: Option<u64>,
     data_seen: bool,
@@ -164,6 +176,7 @@ impl Reshaper {
             scalar_text: Vec::new(),
             key: Vec::new(),
             usage_text: None,
+            usage_dropped: false,
             utf8: Utf8Tail::default(),
             created: None,
             data_seen: false,
@@ -326,7 +339,13 @@ impl Reshaper {
             }
         }
         if let (Some(text), Some(from)) = (self.usage_text.as_mut(), usage_from) {
-            text.extend_from_slice(&bytes[from..]);
+            if text.len() + (bytes.len() - from) > MAX_USAGE_TEXT {
+                // Not kept: `usage` stays unknown, the body is still passed on.
+                text.clear();
+                self.usage_dropped = true;
+            } else {
+                text.extend_from_slice(&bytes[from..]);
+            }
         }
         if run < bytes.len() {
             self.push(chunk.slice(run..));
@@ -396,6 +415,9 @@ impl Reshaper {
         }
         match b {
             b'{' | b'[' => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(Malformed::TooDeep);
+                }
                 let object = b == b'{';
                 self.stack.push(Frame {
                     object,
@@ -486,7 +508,9 @@ impl Reshaper {
             Role::Usage => {
                 if let Some(mut text) = self.usage_text.take() {
                     text.extend_from_slice(&bytes[usage_from.take().unwrap_or(0)..end]);
-                    self.usage = serde_json::from_slice(&text).ok();
+                    if !std::mem::take(&mut self.usage_dropped) && text.len() <= MAX_USAGE_TEXT {
+                        self.usage = serde_json::from_slice(&text).ok();
+                    }
                 }
             }
             _ => {}
@@ -696,5 +720,29 @@ mod tests {
         ] {
             assert!(whole(Bytes::from_static(body.as_bytes())).is_err(), "{body}");
         }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_malformed_and_costs_no_memory() {
+        let mut reshaper = Reshaper::new();
+        let deep = Bytes::from(format!(r#"{{"created":1,"data":[],"x":{}"#, "[".repeat(8 * 1024 * 1024)));
+        assert_eq!(reshaper.feed(deep), Err(Malformed::TooDeep));
+        assert!(reshaper.stack.capacity() <= 2 * MAX_DEPTH, "{}", reshaper.stack.capacity());
+        let ok = format!(
+            r#"{{"created":1,"data":[],"x":{}{}}}"#,
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(whole(Bytes::from(ok)).is_ok(), "up to the limit is fine");
+    }
+
+    #[test]
+    fn a_huge_usage_is_passed_on_but_not_kept() {
+        let body = format!(
+            r#"{{"created":1,"data":[],"usage":{{"total_tokens":1,"pad":"{}"}}}}"#,
+            "p".repeat(MAX_USAGE_TEXT)
+        );
+        let reshaper = whole(Bytes::from(body)).expect("valid");
+        assert_eq!(reshaper.usage(), None);
     }
 }

@@ -42,15 +42,18 @@ pub(crate) async fn answer(app: &App, call: Call<'_>, log: &mut RequestLog) -> R
     log.served_by(served);
     let names = operation.events();
     let body = match delivery {
-        Delivery::Events(upstream) => ResponseBody::Streaming(Box::new(EventRelay::new(upstream, names, log))),
+        Delivery::Events(upstream) => {
+            ResponseBody::Streaming(Box::new(EventRelay::new(upstream, names, request.n(), log)))
+        }
         Delivery::Images(Success { mut reshaper, .. }) => {
             log.usage = reshaper.usage();
-            // One buffer for the events to borrow from; the pieces go before the events are made.
-            let body = concat(&reshaper.take_output());
+            // One buffer for the events to take their images from, without a copy.
+            let body = Bytes::from(concat(&reshaper.take_output()));
+            drop(reshaper);
             let defaults = Defaults::of(request, served.spec);
             let (events, images) = completed_events(&body, &defaults, names.completed)?;
             log.images = Some(images);
-            ResponseBody::whole(events)
+            ResponseBody::from(events)
         }
     };
     let mut response = Response::new(body);
@@ -63,10 +66,11 @@ pub(crate) async fn answer(app: &App, call: Call<'_>, log: &mut RequestLog) -> R
     Ok(response)
 }
 
-/// One `completed` event per image of an images response body, in one
-/// buffer. The usage goes on the last event (zero on the others) so that
-/// adding the events' usage counts it once.
-pub fn completed_events(body: &[u8], defaults: &Defaults, completed: &str) -> Result<(Vec<u8>, usize), ApiError> {
+/// One `completed` event per image of an images response body, as pieces:
+/// each image's base64 is a slice of `body`, never copied. The usage goes on
+/// the last event (zero on the others) so that adding the events' usage
+/// counts it once.
+pub fn completed_events(body: &Bytes, defaults: &Defaults, completed: &str) -> Result<(Vec<Bytes>, usize), ApiError> {
     let malformed = || ApiError::internal("The images response could not be turned into events.");
     let object: RawObject<'_> = serde_json::from_slice(body).map_err(|_| malformed())?;
     let created = object.get("created").map_or("0", |v| v.get());
@@ -87,21 +91,21 @@ pub fn completed_events(body: &[u8], defaults: &Defaults, completed: &str) -> Re
         .get("data")
         .and_then(|d| serde_json::from_str(d.get()).ok())
         .ok_or_else(malformed)?;
-    let mut out = Vec::with_capacity(body.len() + images.len() * 512);
+    let mut out = Vec::with_capacity(images.len() * 3);
     for (i, image) in images.iter().enumerate() {
         let b64 = image.get("b64_json").ok_or_else(malformed)?;
-        let mut data = Vec::with_capacity(b64.get().len() + 512);
-        data.extend_from_slice(format!(r#"{{"type":"{completed}","b64_json":"#).as_bytes());
-        data.extend_from_slice(b64.get().as_bytes());
         let last = i + 1 == images.len();
         let usage = if last { usage } else { NO_USAGE };
-        data.extend_from_slice(
-            format!(
-                r#","created_at":{created},"size":{size},"quality":{quality},"background":{background},"output_format":{format},"usage":{usage}}}"#
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(&event(completed, &data));
+        out.push(Bytes::from(format!(
+            r#"event: {completed}
+data: {{"type":"{completed}","b64_json":"#
+        )));
+        out.push(body.slice_ref(b64.get().as_bytes()));
+        out.push(Bytes::from(format!(
+            r#","created_at":{created},"size":{size},"quality":{quality},"background":{background},"output_format":{format},"usage":{usage}}}
+
+"#
+        )));
     }
     Ok((out, images.len()))
 }
@@ -115,6 +119,8 @@ struct EventRelay {
     parser: EventParser,
     ready: VecDeque<Bytes>,
     names: EventNames,
+    /// The images asked for: a stream that ends with fewer is not whole.
+    expected: u32,
     images: usize,
     usage: Option<Usage>,
     /// The code of the `error` event that ended the stream.
@@ -126,13 +132,14 @@ struct EventRelay {
 }
 
 impl EventRelay {
-    fn new(upstream: UpstreamBody, names: EventNames, log: &RequestLog) -> Self {
+    fn new(upstream: UpstreamBody, names: EventNames, expected: u32, log: &RequestLog) -> Self {
         Self {
             upstream: Some(upstream.body),
             deadline: Box::pin(tokio::time::sleep_until(upstream.until.into())),
             parser: EventParser::default(),
             ready: VecDeque::new(),
             names,
+            expected,
             images: 0,
             usage: None,
             error_code: None,
@@ -202,10 +209,13 @@ impl StreamingBody for EventRelay {
                     if let Some(last) = self.parser.finish() {
                         self.pass(last);
                     }
-                    if self.upstream.is_some() && self.images == 0 {
+                    if self.upstream.is_some() && self.images < self.expected as usize {
                         self.fail(ApiError::new(
                             error::UPSTREAM_INVALID_RESPONSE,
-                            "The Azure stream ended before any image was completed.",
+                            format!(
+                                "The Azure stream ended after {} of {} images.",
+                                self.images, self.expected
+                            ),
                         ));
                     }
                     self.upstream = None;
@@ -301,9 +311,13 @@ mod tests {
     #[test]
     fn completed_events_carry_each_image_and_the_usage_once() {
         let body = br#"{"created":7,"data":[{"b64_json":"QUFB","index":0},{"b64_json":"QkJC","index":1}],"size":"1536x1024","quality":"high","usage":{"total_tokens":9,"input_tokens":4,"output_tokens":5,"input_tokens_details":{"text_tokens":4,"image_tokens":0}}}"#;
-        let (events, images) = completed_events(body, &defaults(), COMPLETED).expect("events");
+        let body = Bytes::from_static(body);
+        let (events, images) = completed_events(&body, &defaults(), COMPLETED).expect("events");
         assert_eq!(images, 2);
-        let events = read(&events);
+        let image = events.iter().find(|piece| &piece[..] == b"\"QUFB\"").expect("the image on its own");
+        let (start, at) = (body.as_ptr() as usize, image.as_ptr() as usize);
+        assert!(at >= start && at + image.len() <= start + body.len(), "a slice of the body, not a copy");
+        let events = read(&concat(&events));
         assert_eq!(events.len(), 2);
         for (kind, data) in &events {
             assert_eq!(kind, COMPLETED);
@@ -319,7 +333,8 @@ mod tests {
 
     #[test]
     fn an_image_without_data_cannot_become_an_event() {
-        assert!(completed_events(br#"{"created":1,"data":[{"url":"https://x"}]}"#, &defaults(), COMPLETED).is_err());
+        let body = Bytes::from_static(br#"{"created":1,"data":[{"url":"https://x"}]}"#);
+        assert!(completed_events(&body, &defaults(), COMPLETED).is_err());
     }
 
     #[test]
