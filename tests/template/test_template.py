@@ -56,26 +56,48 @@ def resolve(node, conditions: dict[str, bool], parameters: dict[str, str]):
     if "Fn::Split" in node:
         sep, text = node["Fn::Split"]
         return resolve(text, conditions, parameters).split(sep)
-    return {k: resolve(v, conditions, parameters) for k, v in node.items()}
+    resolved = {k: resolve(v, conditions, parameters) for k, v in node.items()}
+    return {k: v for k, v in resolved.items() if v != "AWS::NoValue"}
+
+
+def condition_values(template, parameters: dict[str, str]) -> dict[str, bool]:
+    """The template's own Conditions, evaluated for these parameters."""
+
+    def truth(node) -> bool:
+        if "Condition" in node:
+            return truth(template["Conditions"][node["Condition"]])
+        if "Fn::Not" in node:
+            return not truth(node["Fn::Not"][0])
+        if "Fn::Equals" in node:
+            left, right = (resolve(side, {}, parameters) for side in node["Fn::Equals"])
+            return left == right
+        raise AssertionError(f"the test cannot evaluate {node}")
+
+    return {name: truth(node) for name, node in template["Conditions"].items()}
+
+
+def deploy(expanded, **given: str) -> dict:
+    """The resources CloudFormation would create for these parameters (defaults for the rest)."""
+    parameters = {name: str(p.get("Default", "")) for name, p in expanded["Parameters"].items()}
+    parameters |= {"ImageModels": "[]", "AzureApiKeySecretArn": SECRET_ARN, **given}
+    conditions = condition_values(expanded, parameters)
+    return {
+        name: resolve(resource, conditions, parameters)
+        for name, resource in expanded["Resources"].items()
+        if conditions.get(resource.get("Condition", ""), True)
+    }
 
 
 MODES = {
-    "client-keys": ({"IamAuth": False, "ClientKeys": True, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": CLIENT_KEYS_ARN}),
-    "aws-iam": ({"IamAuth": True, "ClientKeys": False, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": ""}),
+    "client-keys": {"CallerAuth": "client-keys", "ClientApiKeysSecretArn": CLIENT_KEYS_ARN},
+    "aws-iam": {"CallerAuth": "aws-iam"},
 }
 
 
 @pytest.fixture(params=list(MODES))
 def deployed(request, expanded):
     """The resources CloudFormation would create for one CallerAuth choice."""
-    conditions, extra = MODES[request.param]
-    parameters = {"AzureApiKeySecretArn": SECRET_ARN, "ExtraSecretArns": "", "CallerAuth": request.param, **extra}
-    resources = {
-        name: resolve(resource, conditions, parameters)
-        for name, resource in expanded["Resources"].items()
-        if conditions.get(resource.get("Condition", ""), True)
-    }
-    return request.param, resources
+    return request.param, deploy(expanded, **MODES[request.param])
 
 
 def of_type(resources, kind):
@@ -179,3 +201,24 @@ def test_the_streaming_front_doors_stream_and_the_function_waits_long_enough(dep
     assert integration["TimeoutInMillis"] > 29000
     (http_integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
     assert http_integration["Properties"]["TimeoutInMillis"] <= 30000, "an HTTP API cannot wait longer"
+
+
+def test_both_api_stages_throttle_every_route_by_default(expanded):
+    for given, (burst, rate) in [({}, ("20", "10")), ({"ThrottlingBurstLimit": "7", "ThrottlingRateLimit": "3"}, ("7", "3"))]:
+        resources = deploy(expanded, **given)
+        (http_stage,) = of_type(resources, "AWS::ApiGatewayV2::Stage")
+        assert http_stage["Properties"]["DefaultRouteSettings"] == {"ThrottlingBurstLimit": burst, "ThrottlingRateLimit": rate}
+        (rest_stage,) = of_type(resources, "AWS::ApiGateway::Stage")
+        assert rest_stage["Properties"]["MethodSettings"] == [
+            {"HttpMethod": "*", "ResourcePath": "/*", "ThrottlingBurstLimit": burst, "ThrottlingRateLimit": rate}
+        ]
+
+
+def test_reserved_concurrency_is_set_only_when_given(expanded):
+    (function,) = of_type(deploy(expanded), "AWS::Lambda::Function")
+    assert "ReservedConcurrentExecutions" not in function["Properties"]
+    (function,) = of_type(deploy(expanded, ReservedConcurrency="25"), "AWS::Lambda::Function")
+    assert function["Properties"]["ReservedConcurrentExecutions"] == "25"
+    pattern = expanded["Parameters"]["ReservedConcurrency"]["AllowedPattern"]
+    assert [v for v in ["", "1", "25", "99999"] if not re.fullmatch(pattern, v)] == []
+    assert [v for v in ["0", "-1", "1.5", " 5", "100000", "unlimited"] if re.fullmatch(pattern, v)] == []
