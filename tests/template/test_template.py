@@ -222,3 +222,58 @@ def test_reserved_concurrency_is_set_only_when_given(expanded):
     pattern = expanded["Parameters"]["ReservedConcurrency"]["AllowedPattern"]
     assert [v for v in ["", "1", "25", "99999"] if not re.fullmatch(pattern, v)] == []
     assert [v for v in ["0", "-1", "1.5", " 5", "100000", "unlimited"] if re.fullmatch(pattern, v)] == []
+
+
+EXTRA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/azure-key-Q1w2E3"
+KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def accepts(expanded, parameter: str, value: str) -> bool:
+    return re.fullmatch(expanded["Parameters"][parameter]["AllowedPattern"], value) is not None
+
+
+@pytest.mark.parametrize("parameter", ["AzureApiKeySecretArn", "ClientApiKeysSecretArn", "ExtraSecretArns"])
+def test_secret_parameters_take_only_whole_secret_arns(expanded, parameter):
+    for value in [SECRET_ARN, EXTRA_ARN, "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:k-AbCdEf"]:
+        assert accepts(expanded, parameter, value), value
+    for value in [
+        "*",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:*",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-openai-key-*",
+        "arn:aws:secretsmanager:*:*:secret:azure-openai-key-AbCdEf",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-key",  # no suffix: matches no secret
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "azure-openai-image/azure-key",
+        f"{SECRET_ARN},*",
+        f"{SECRET_ARN}, {EXTRA_ARN}",
+        f"{SECRET_ARN},",
+    ]:
+        assert not accepts(expanded, parameter, value), value
+    assert accepts(expanded, parameter, "") == (parameter != "AzureApiKeySecretArn")
+    assert accepts(expanded, parameter, f"{SECRET_ARN},{EXTRA_ARN}") == (parameter == "ExtraSecretArns")
+
+
+def test_kms_key_parameter_takes_only_a_key_arn(expanded):
+    for value in ["", KMS_KEY_ARN, "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"]:
+        assert accepts(expanded, "KmsKeyArn", value), value
+    for value in ["*", "arn:aws:kms:us-east-1:123456789012:key/*", "arn:aws:kms:us-east-1:123456789012:alias/secrets", SECRET_ARN]:
+        assert not accepts(expanded, "KmsKeyArn", value), value
+
+
+def role_statements(resources) -> list[dict]:
+    (role,) = of_type(resources, "AWS::IAM::Role")
+    return [s for p in role["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_the_role_may_decrypt_only_with_the_given_key_and_only_through_secrets_manager(expanded):
+    assert not [s for s in role_statements(deploy(expanded)) if "kms" in json.dumps(s)]
+    decrypt = [s for s in role_statements(deploy(expanded, KmsKeyArn=KMS_KEY_ARN)) if "kms" in json.dumps(s)]
+    assert decrypt == [
+        {
+            "Sid": "DecryptTheConnectorSecretsOnly",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": KMS_KEY_ARN,
+            "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}},
+        }
+    ]
