@@ -14,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-openai-key-AbCdEf"
 CLIENT_KEYS_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:client-keys-XyZ123"
+EXTRA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/azure-key-Q1w2E3"
+OTHER_EXTRA_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-c-key-R4t5Y6"
+KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 class NoManagedPolicies:
@@ -144,16 +147,58 @@ def test_each_mode_has_exactly_one_checker(deployed):
         assert not [p for p in of_type(resources, "AWS::Lambda::Permission") if p["Properties"]["Principal"] == "*"]
 
 
-def test_the_role_may_read_the_connector_secrets_and_nothing_else(deployed):
-    mode, resources = deployed
+def read_secrets(*arns: str) -> dict:
+    return {"Sid": "ReadTheConnectorSecretsOnly", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(arns)}
+
+
+DECRYPT_WITH_THE_KEY = {
+    "Sid": "DecryptTheConnectorSecretsOnly",
+    "Effect": "Allow",
+    "Action": "kms:Decrypt",
+    "Resource": KMS_KEY_ARN,
+    "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}},
+}
+
+# Every permission the function's role holds, per deployment: the README's role
+# description says the same. A new permission fails here until it is listed.
+LAMBDA_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+ROLE_CASES = {
+    "client-keys": (MODES["client-keys"], [read_secrets(SECRET_ARN, CLIENT_KEYS_ARN)]),
+    "aws-iam": (MODES["aws-iam"], [read_secrets(SECRET_ARN)]),
+    "extra secrets": (
+        {**MODES["client-keys"], "ExtraSecretArns": f"{EXTRA_ARN},{OTHER_EXTRA_ARN}"},
+        [read_secrets(SECRET_ARN, EXTRA_ARN, OTHER_EXTRA_ARN, CLIENT_KEYS_ARN)],
+    ),
+    "aws-iam, extra secrets, kms key": (
+        {**MODES["aws-iam"], "ExtraSecretArns": EXTRA_ARN, "KmsKeyArn": KMS_KEY_ARN},
+        [read_secrets(SECRET_ARN, EXTRA_ARN), DECRYPT_WITH_THE_KEY],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ROLE_CASES))
+def test_the_role_holds_exactly_the_listed_permissions(expanded, case):
+    given, statements = ROLE_CASES[case]
+    resources = deploy(expanded, **given)
     (role,) = of_type(resources, "AWS::IAM::Role")
-    statements = [s for p in role["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
-    secret_statements = [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
-    assert len(secret_statements) == 1
-    (statement,) = secret_statements
-    assert statement["Action"] == "secretsmanager:GetSecretValue"
-    expected = [SECRET_ARN, CLIENT_KEYS_ARN] if mode == "client-keys" else [SECRET_ARN]
-    assert statement["Resource"] == expected
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    assert function["Properties"]["Role"] == {"Fn::GetAtt": [next(n for n, r in resources.items() if r is role), "Arn"]}
+    props = role["Properties"]
+    assert set(props) == {"AssumeRolePolicyDocument", "ManagedPolicyArns", "Policies", "Tags"}, "no boundary, path or extra policy kinds"
+    assert props["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Action": ["sts:AssumeRole"], "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com"]}}
+    ]
+    # logs:CreateLogGroup, logs:CreateLogStream and logs:PutLogEvents on every log group (README, Deploy).
+    assert props["ManagedPolicyArns"] == [LAMBDA_BASIC_EXECUTION]
+    assert [s for p in props["Policies"] for s in p["PolicyDocument"]["Statement"]] == statements
+    assert not of_type(resources, "AWS::IAM::Policy") and not of_type(resources, "AWS::IAM::ManagedPolicy")
+
+
+def test_the_readme_names_every_permission_of_the_role():
+    deploy_section = (ROOT / "README.md").read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    for name in ["AWSLambdaBasicExecutionRole", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                 "secretsmanager:GetSecretValue", "kms:Decrypt", "kms:ViaService"]:
+        assert name in deploy_section, name
 
 
 def test_every_front_door_reaches_the_function(deployed):
@@ -224,10 +269,6 @@ def test_reserved_concurrency_is_set_only_when_given(expanded):
     assert [v for v in ["0", "-1", "1.5", " 5", "100000", "unlimited"] if re.fullmatch(pattern, v)] == []
 
 
-EXTRA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/azure-key-Q1w2E3"
-KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-
-
 def accepts(expanded, parameter: str, value: str) -> bool:
     return re.fullmatch(expanded["Parameters"][parameter]["AllowedPattern"], value) is not None
 
@@ -268,12 +309,4 @@ def role_statements(resources) -> list[dict]:
 def test_the_role_may_decrypt_only_with_the_given_key_and_only_through_secrets_manager(expanded):
     assert not [s for s in role_statements(deploy(expanded)) if "kms" in json.dumps(s)]
     decrypt = [s for s in role_statements(deploy(expanded, KmsKeyArn=KMS_KEY_ARN)) if "kms" in json.dumps(s)]
-    assert decrypt == [
-        {
-            "Sid": "DecryptTheConnectorSecretsOnly",
-            "Effect": "Allow",
-            "Action": "kms:Decrypt",
-            "Resource": KMS_KEY_ARN,
-            "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}},
-        }
-    ]
+    assert decrypt == [DECRYPT_WITH_THE_KEY]
