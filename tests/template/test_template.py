@@ -310,3 +310,23 @@ def test_the_role_may_decrypt_only_with_the_given_key_and_only_through_secrets_m
     assert not [s for s in role_statements(deploy(expanded)) if "kms" in json.dumps(s)]
     decrypt = [s for s in role_statements(deploy(expanded, KmsKeyArn=KMS_KEY_ARN)) if "kms" in json.dumps(s)]
     assert decrypt == [DECRYPT_WITH_THE_KEY]
+
+
+# Every numeric setting, with the bounds the template enforces (README, Configuration).
+NUMBER_BOUNDS = {
+    "SecretCacheTtlSeconds": (0, 86400),
+    "MaxRetries": (0, 10),
+    "ThrottlingBurstLimit": (1, 5000),
+    "ThrottlingRateLimit": (1, 10000),
+}
+
+
+def test_every_number_parameter_has_bounds_around_its_default(expanded):
+    numbers = {n: p for n, p in expanded["Parameters"].items() if p["Type"] == "Number" and "AllowedValues" not in p}
+    assert {n: (p.get("MinValue"), p.get("MaxValue")) for n, p in numbers.items()} == NUMBER_BOUNDS
+    assert [n for n, p in numbers.items() if not p["MinValue"] <= p["Default"] <= p["MaxValue"]] == []
+
+
+def test_the_upstream_timeout_is_empty_or_1_to_900_seconds(expanded):
+    tried = ["", *map(str, range(0, 1001)), "01", "1.5", " 5", "-1", "9000"]
+    assert {v for v in tried if accepts(expanded, "UpstreamTimeoutSeconds", v)} == {"", *map(str, range(1, 901))}
