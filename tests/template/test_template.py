@@ -245,7 +245,7 @@ def test_the_streaming_front_doors_stream_and_the_function_waits_long_enough(dep
     assert "/2021-11-15/functions/" in json.dumps(integration["Uri"]) and "response-streaming-invocations" in json.dumps(integration["Uri"])
     assert integration["TimeoutInMillis"] > 29000
     (http_integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
-    assert http_integration["Properties"]["TimeoutInMillis"] <= 30000, "an HTTP API cannot wait longer"
+    assert int(http_integration["Properties"]["TimeoutInMillis"]) <= 30000, "an HTTP API cannot wait longer"
 
 
 def test_both_api_stages_throttle_every_route_by_default(expanded):
@@ -316,6 +316,8 @@ def test_the_role_may_decrypt_only_with_the_given_key_and_only_through_secrets_m
 NUMBER_BOUNDS = {
     "SecretCacheTtlSeconds": (0, 86400),
     "MaxRetries": (0, 10),
+    "MaxRetryWaitSeconds": (1, 900),
+    "HttpApiTimeoutMs": (50, 30000),
     "ThrottlingBurstLimit": (1, 5000),
     "ThrottlingRateLimit": (1, 10000),
 }
@@ -330,3 +332,18 @@ def test_every_number_parameter_has_bounds_around_its_default(expanded):
 def test_the_upstream_timeout_is_empty_or_1_to_900_seconds(expanded):
     tried = ["", *map(str, range(0, 1001)), "01", "1.5", " 5", "-1", "9000"]
     assert {v for v in tried if accepts(expanded, "UpstreamTimeoutSeconds", v)} == {"", *map(str, range(1, 901))}
+
+
+def test_the_http_api_and_the_connector_share_one_timeout(expanded):
+    for given, timeout in [({}, "30000"), ({"HttpApiTimeoutMs": "12000"}, "12000")]:
+        resources = deploy(expanded, **given)
+        (integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
+        (function,) = of_type(resources, "AWS::Lambda::Function")
+        assert integration["Properties"]["TimeoutInMillis"] == timeout
+        assert function["Properties"]["Environment"]["Variables"]["HTTP_API_TIMEOUT_MS"] == timeout
+
+
+def test_the_longest_retry_wait_reaches_the_connector(expanded):
+    for given, wait in [({}, "60"), ({"MaxRetryWaitSeconds": "120"}, "120")]:
+        (function,) = of_type(deploy(expanded, **given), "AWS::Lambda::Function")
+        assert function["Properties"]["Environment"]["Variables"]["MAX_RETRY_WAIT_SECONDS"] == wait
