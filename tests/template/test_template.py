@@ -1,6 +1,7 @@
 """template.yaml as `sam deploy` sees it: expanded by the SAM translator (so a
-property SAM rejects fails here, not at deploy time), then resolved for each
-CallerAuth choice."""
+property SAM rejects fails here, not at deploy time), then resolved as
+CloudFormation would for given parameters (the defaults for the rest), with the
+template's own Conditions."""
 
 from __future__ import annotations
 
