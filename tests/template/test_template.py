@@ -1,6 +1,7 @@
 """template.yaml as `sam deploy` sees it: expanded by the SAM translator (so a
-property SAM rejects fails here, not at deploy time), then resolved for each
-CallerAuth choice."""
+property SAM rejects fails here, not at deploy time), then resolved as
+CloudFormation would for given parameters (the defaults for the rest), with the
+template's own Conditions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-openai-key-AbCdEf"
 CLIENT_KEYS_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:client-keys-XyZ123"
+EXTRA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/azure-key-Q1w2E3"
+OTHER_EXTRA_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-c-key-R4t5Y6"
+KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 class NoManagedPolicies:
@@ -56,26 +60,48 @@ def resolve(node, conditions: dict[str, bool], parameters: dict[str, str]):
     if "Fn::Split" in node:
         sep, text = node["Fn::Split"]
         return resolve(text, conditions, parameters).split(sep)
-    return {k: resolve(v, conditions, parameters) for k, v in node.items()}
+    resolved = {k: resolve(v, conditions, parameters) for k, v in node.items()}
+    return {k: v for k, v in resolved.items() if v != "AWS::NoValue"}
+
+
+def condition_values(template, parameters: dict[str, str]) -> dict[str, bool]:
+    """The template's own Conditions, evaluated for these parameters."""
+
+    def truth(node) -> bool:
+        if "Condition" in node:
+            return truth(template["Conditions"][node["Condition"]])
+        if "Fn::Not" in node:
+            return not truth(node["Fn::Not"][0])
+        if "Fn::Equals" in node:
+            left, right = (resolve(side, {}, parameters) for side in node["Fn::Equals"])
+            return left == right
+        raise AssertionError(f"the test cannot evaluate {node}")
+
+    return {name: truth(node) for name, node in template["Conditions"].items()}
+
+
+def deploy(expanded, **given: str) -> dict:
+    """The resources CloudFormation would create for these parameters (defaults for the rest)."""
+    parameters = {name: str(p.get("Default", "")) for name, p in expanded["Parameters"].items()}
+    parameters |= {"ImageModels": "[]", "AzureApiKeySecretArn": SECRET_ARN, **given}
+    conditions = condition_values(expanded, parameters)
+    return {
+        name: resolve(resource, conditions, parameters)
+        for name, resource in expanded["Resources"].items()
+        if conditions.get(resource.get("Condition", ""), True)
+    }
 
 
 MODES = {
-    "client-keys": ({"IamAuth": False, "ClientKeys": True, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": CLIENT_KEYS_ARN}),
-    "aws-iam": ({"IamAuth": True, "ClientKeys": False, "HasExtraSecrets": False}, {"ClientApiKeysSecretArn": ""}),
+    "client-keys": {"CallerAuth": "client-keys", "ClientApiKeysSecretArn": CLIENT_KEYS_ARN},
+    "aws-iam": {"CallerAuth": "aws-iam"},
 }
 
 
 @pytest.fixture(params=list(MODES))
 def deployed(request, expanded):
     """The resources CloudFormation would create for one CallerAuth choice."""
-    conditions, extra = MODES[request.param]
-    parameters = {"AzureApiKeySecretArn": SECRET_ARN, "ExtraSecretArns": "", "CallerAuth": request.param, **extra}
-    resources = {
-        name: resolve(resource, conditions, parameters)
-        for name, resource in expanded["Resources"].items()
-        if conditions.get(resource.get("Condition", ""), True)
-    }
-    return request.param, resources
+    return request.param, deploy(expanded, **MODES[request.param])
 
 
 def of_type(resources, kind):
@@ -122,16 +148,58 @@ def test_each_mode_has_exactly_one_checker(deployed):
         assert not [p for p in of_type(resources, "AWS::Lambda::Permission") if p["Properties"]["Principal"] == "*"]
 
 
-def test_the_role_may_read_the_connector_secrets_and_nothing_else(deployed):
-    mode, resources = deployed
+def read_secrets(*arns: str) -> dict:
+    return {"Sid": "ReadTheConnectorSecretsOnly", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(arns)}
+
+
+DECRYPT_WITH_THE_KEY = {
+    "Sid": "DecryptTheConnectorSecretsOnly",
+    "Effect": "Allow",
+    "Action": "kms:Decrypt",
+    "Resource": KMS_KEY_ARN,
+    "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}},
+}
+
+# Every permission the function's role holds, per deployment: the README's role
+# description says the same. A new permission fails here until it is listed.
+LAMBDA_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+ROLE_CASES = {
+    "client-keys": (MODES["client-keys"], [read_secrets(SECRET_ARN, CLIENT_KEYS_ARN)]),
+    "aws-iam": (MODES["aws-iam"], [read_secrets(SECRET_ARN)]),
+    "extra secrets": (
+        {**MODES["client-keys"], "ExtraSecretArns": f"{EXTRA_ARN},{OTHER_EXTRA_ARN}"},
+        [read_secrets(SECRET_ARN, EXTRA_ARN, OTHER_EXTRA_ARN, CLIENT_KEYS_ARN)],
+    ),
+    "aws-iam, extra secrets, kms key": (
+        {**MODES["aws-iam"], "ExtraSecretArns": EXTRA_ARN, "KmsKeyArn": KMS_KEY_ARN},
+        [read_secrets(SECRET_ARN, EXTRA_ARN), DECRYPT_WITH_THE_KEY],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ROLE_CASES))
+def test_the_role_holds_exactly_the_listed_permissions(expanded, case):
+    given, statements = ROLE_CASES[case]
+    resources = deploy(expanded, **given)
     (role,) = of_type(resources, "AWS::IAM::Role")
-    statements = [s for p in role["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
-    secret_statements = [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
-    assert len(secret_statements) == 1
-    (statement,) = secret_statements
-    assert statement["Action"] == "secretsmanager:GetSecretValue"
-    expected = [SECRET_ARN, CLIENT_KEYS_ARN] if mode == "client-keys" else [SECRET_ARN]
-    assert statement["Resource"] == expected
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    assert function["Properties"]["Role"] == {"Fn::GetAtt": [next(n for n, r in resources.items() if r is role), "Arn"]}
+    props = role["Properties"]
+    assert set(props) == {"AssumeRolePolicyDocument", "ManagedPolicyArns", "Policies", "Tags"}, "no boundary, path or extra policy kinds"
+    assert props["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Action": ["sts:AssumeRole"], "Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com"]}}
+    ]
+    # logs:CreateLogGroup, logs:CreateLogStream and logs:PutLogEvents on every log group (README, Deploy).
+    assert props["ManagedPolicyArns"] == [LAMBDA_BASIC_EXECUTION]
+    assert [s for p in props["Policies"] for s in p["PolicyDocument"]["Statement"]] == statements
+    assert not of_type(resources, "AWS::IAM::Policy") and not of_type(resources, "AWS::IAM::ManagedPolicy")
+
+
+def test_the_readme_names_every_permission_of_the_role():
+    deploy_section = (ROOT / "README.md").read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    for name in ["AWSLambdaBasicExecutionRole", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                 "secretsmanager:GetSecretValue", "kms:Decrypt", "kms:ViaService"]:
+        assert name in deploy_section, name
 
 
 def test_every_front_door_reaches_the_function(deployed):
@@ -178,4 +246,105 @@ def test_the_streaming_front_doors_stream_and_the_function_waits_long_enough(dep
     assert "/2021-11-15/functions/" in json.dumps(integration["Uri"]) and "response-streaming-invocations" in json.dumps(integration["Uri"])
     assert integration["TimeoutInMillis"] > 29000
     (http_integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
-    assert http_integration["Properties"]["TimeoutInMillis"] <= 30000, "an HTTP API cannot wait longer"
+    assert int(http_integration["Properties"]["TimeoutInMillis"]) <= 30000, "an HTTP API cannot wait longer"
+
+
+def test_both_api_stages_throttle_every_route_by_default(expanded):
+    for given, (burst, rate) in [({}, ("20", "10")), ({"ThrottlingBurstLimit": "7", "ThrottlingRateLimit": "3"}, ("7", "3"))]:
+        resources = deploy(expanded, **given)
+        (http_stage,) = of_type(resources, "AWS::ApiGatewayV2::Stage")
+        assert http_stage["Properties"]["DefaultRouteSettings"] == {"ThrottlingBurstLimit": burst, "ThrottlingRateLimit": rate}
+        (rest_stage,) = of_type(resources, "AWS::ApiGateway::Stage")
+        assert rest_stage["Properties"]["MethodSettings"] == [
+            {"HttpMethod": "*", "ResourcePath": "/*", "ThrottlingBurstLimit": burst, "ThrottlingRateLimit": rate}
+        ]
+
+
+def test_reserved_concurrency_is_set_only_when_given(expanded):
+    (function,) = of_type(deploy(expanded), "AWS::Lambda::Function")
+    assert "ReservedConcurrentExecutions" not in function["Properties"]
+    (function,) = of_type(deploy(expanded, ReservedConcurrency="25"), "AWS::Lambda::Function")
+    assert function["Properties"]["ReservedConcurrentExecutions"] == "25"
+    pattern = expanded["Parameters"]["ReservedConcurrency"]["AllowedPattern"]
+    assert [v for v in ["", "1", "25", "99999"] if not re.fullmatch(pattern, v)] == []
+    assert [v for v in ["0", "-1", "1.5", " 5", "100000", "unlimited"] if re.fullmatch(pattern, v)] == []
+
+
+def accepts(expanded, parameter: str, value: str) -> bool:
+    return re.fullmatch(expanded["Parameters"][parameter]["AllowedPattern"], value) is not None
+
+
+@pytest.mark.parametrize("parameter", ["AzureApiKeySecretArn", "ClientApiKeysSecretArn", "ExtraSecretArns"])
+def test_secret_parameters_take_only_whole_secret_arns(expanded, parameter):
+    for value in [SECRET_ARN, EXTRA_ARN, "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:k-AbCdEf"]:
+        assert accepts(expanded, parameter, value), value
+    for value in [
+        "*",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:*",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-openai-key-*",
+        "arn:aws:secretsmanager:*:*:secret:azure-openai-key-AbCdEf",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:azure-key",  # no suffix: matches no secret
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "azure-openai-image/azure-key",
+        f"{SECRET_ARN},*",
+        f"{SECRET_ARN}, {EXTRA_ARN}",
+        f"{SECRET_ARN},",
+    ]:
+        assert not accepts(expanded, parameter, value), value
+    assert accepts(expanded, parameter, "") == (parameter != "AzureApiKeySecretArn")
+    assert accepts(expanded, parameter, f"{SECRET_ARN},{EXTRA_ARN}") == (parameter == "ExtraSecretArns")
+
+
+def test_kms_key_parameter_takes_only_a_key_arn(expanded):
+    for value in ["", KMS_KEY_ARN, "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"]:
+        assert accepts(expanded, "KmsKeyArn", value), value
+    for value in ["*", "arn:aws:kms:us-east-1:123456789012:key/*", "arn:aws:kms:us-east-1:123456789012:alias/secrets", SECRET_ARN]:
+        assert not accepts(expanded, "KmsKeyArn", value), value
+
+
+def role_statements(resources) -> list[dict]:
+    (role,) = of_type(resources, "AWS::IAM::Role")
+    return [s for p in role["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_the_role_may_decrypt_only_with_the_given_key_and_only_through_secrets_manager(expanded):
+    assert not [s for s in role_statements(deploy(expanded)) if "kms" in json.dumps(s)]
+    decrypt = [s for s in role_statements(deploy(expanded, KmsKeyArn=KMS_KEY_ARN)) if "kms" in json.dumps(s)]
+    assert decrypt == [DECRYPT_WITH_THE_KEY]
+
+
+# Every numeric setting, with the bounds the template enforces (README, Configuration).
+NUMBER_BOUNDS = {
+    "SecretCacheTtlSeconds": (0, 86400),
+    "MaxRetries": (0, 10),
+    "MaxRetryWaitSeconds": (1, 900),
+    "HttpApiTimeoutMs": (50, 30000),
+    "ThrottlingBurstLimit": (1, 5000),
+    "ThrottlingRateLimit": (1, 10000),
+}
+
+
+def test_every_number_parameter_has_bounds_around_its_default(expanded):
+    numbers = {n: p for n, p in expanded["Parameters"].items() if p["Type"] == "Number" and "AllowedValues" not in p}
+    assert {n: (p.get("MinValue"), p.get("MaxValue")) for n, p in numbers.items()} == NUMBER_BOUNDS
+    assert [n for n, p in numbers.items() if not p["MinValue"] <= p["Default"] <= p["MaxValue"]] == []
+
+
+def test_the_upstream_timeout_is_empty_or_1_to_900_seconds(expanded):
+    tried = ["", *map(str, range(0, 1001)), "01", "1.5", " 5", "-1", "9000"]
+    assert {v for v in tried if accepts(expanded, "UpstreamTimeoutSeconds", v)} == {"", *map(str, range(1, 901))}
+
+
+def test_the_http_api_and_the_connector_share_one_timeout(expanded):
+    for given, timeout in [({}, "30000"), ({"HttpApiTimeoutMs": "12000"}, "12000")]:
+        resources = deploy(expanded, **given)
+        (integration,) = of_type(resources, "AWS::ApiGatewayV2::Integration")
+        (function,) = of_type(resources, "AWS::Lambda::Function")
+        assert integration["Properties"]["TimeoutInMillis"] == timeout
+        assert function["Properties"]["Environment"]["Variables"]["HTTP_API_TIMEOUT_MS"] == timeout
+
+
+def test_the_longest_retry_wait_reaches_the_connector(expanded):
+    for given, wait in [({}, "60"), ({"MaxRetryWaitSeconds": "120"}, "120")]:
+        (function,) = of_type(deploy(expanded, **given), "AWS::Lambda::Function")
+        assert function["Properties"]["Environment"]["Variables"]["MAX_RETRY_WAIT_SECONDS"] == wait
