@@ -124,7 +124,11 @@ fn events(c: &mut Criterion) {
     group.sample_size(20);
     group.throughput(Throughput::Bytes(stream.len() as u64));
     for piece in [16 * 1024, 64 * 1024, stream.len()] {
-        let label = if piece == stream.len() { "whole".to_owned() } else { format!("{}k", piece / 1024) };
+        let label = if piece == stream.len() {
+            "whole".to_owned()
+        } else {
+            format!("{}k", piece / 1024)
+        };
         group.bench_with_input(BenchmarkId::from_parameter(label), &piece, |b, &piece| {
             b.iter(|| {
                 let mut parser = EventParser::default();

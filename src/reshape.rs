@@ -725,9 +725,16 @@ mod tests {
     #[test]
     fn nesting_past_the_limit_is_malformed_and_costs_no_memory() {
         let mut reshaper = Reshaper::new();
-        let deep = Bytes::from(format!(r#"{{"created":1,"data":[],"x":{}"#, "[".repeat(8 * 1024 * 1024)));
+        let deep = Bytes::from(format!(
+            r#"{{"created":1,"data":[],"x":{}"#,
+            "[".repeat(8 * 1024 * 1024)
+        ));
         assert_eq!(reshaper.feed(deep), Err(Malformed::TooDeep));
-        assert!(reshaper.stack.capacity() <= 2 * MAX_DEPTH, "{}", reshaper.stack.capacity());
+        assert!(
+            reshaper.stack.capacity() <= 2 * MAX_DEPTH,
+            "{}",
+            reshaper.stack.capacity()
+        );
         let ok = format!(
             r#"{{"created":1,"data":[],"x":{}{}}}"#,
             "[".repeat(MAX_DEPTH - 1),

@@ -314,9 +314,15 @@ mod tests {
         let body = Bytes::from_static(body);
         let (events, images) = completed_events(&body, &defaults(), COMPLETED).expect("events");
         assert_eq!(images, 2);
-        let image = events.iter().find(|piece| &piece[..] == b"\"QUFB\"").expect("the image on its own");
+        let image = events
+            .iter()
+            .find(|piece| &piece[..] == b"\"QUFB\"")
+            .expect("the image on its own");
         let (start, at) = (body.as_ptr() as usize, image.as_ptr() as usize);
-        assert!(at >= start && at + image.len() <= start + body.len(), "a slice of the body, not a copy");
+        assert!(
+            at >= start && at + image.len() <= start + body.len(),
+            "a slice of the body, not a copy"
+        );
         let events = read(&concat(&events));
         assert_eq!(events.len(), 2);
         for (kind, data) in &events {

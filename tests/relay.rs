@@ -221,3 +221,27 @@ async fn the_local_listener_answers_whole_with_response_mode_buffered() {
     let streamed = post_to(&listen(app_for(&fake).app).await).await;
     assert_eq!(streamed.content_length(), None, "a relayed answer is chunked");
 }
+
+#[tokio::test]
+async fn a_buffered_front_door_stops_reading_at_its_limit() {
+    // 7 MB of image data, and then Azure never finishes: the 413 cannot wait for the end.
+    let fake = FakeAzure::start(|_, _| {
+        let head = format!(
+            r#"{{"created":1700000000,"data":[{{"b64_json":"{}"#,
+            b64_of_len(7_000_000)
+        );
+        Canned::in_parts(vec![
+            Part::Data(head.into_bytes()),
+            Part::Gate(Arc::new(tokio::sync::Notify::new())),
+        ])
+    })
+    .await;
+    let test = app_for(&fake);
+    let mut req = post(GEN, REQUEST);
+    req.response_limit = Some(6_000_000);
+    let response = tokio::time::timeout(Duration::from_secs(60), test.app.handle(req))
+        .await
+        .expect("answered before Azure's body ended");
+    assert_eq!(openai_error(&response, 413)["code"], "response_too_large");
+    assert_eq!(response.headers()["x-should-retry"], "false", "the images are billed");
+}

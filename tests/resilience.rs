@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use azure_openai_image::front::lambda;
@@ -360,4 +361,47 @@ async fn a_missing_deployment_falls_back_and_names_the_model_when_none_helps() {
     assert_eq!(err["code"], "upstream_deployment_not_found");
     assert!(err["message"].as_str().is_some_and(|m| m.contains("`primary`")));
     assert_eq!(deployments(&fake), ["primary-dep", "third-dep"]);
+}
+
+#[tokio::test]
+async fn a_retry_after_past_any_clock_is_answered_at_once_not_a_panic() {
+    let fake =
+        FakeAzure::start(|_, _| Canned::json(429, FAST_429).with_header("retry-after", "18446744073709551615")).await;
+    let test = retrying(&fake, &[]);
+    for req in [
+        post(GEN, r#"{"prompt":"x"}"#),
+        with_deadline(post(GEN, r#"{"prompt":"x"}"#), Duration::from_secs(30)),
+    ] {
+        let (response, log) = handle_logged(&test.app, req).await;
+        openai_error(&response, 429);
+        assert_eq!(response.headers()["retry-after"], "86400", "bounded to a day");
+        assert_eq!(waits(&log), [0], "a wait past MAX_RETRY_WAIT_SECONDS is not begun");
+    }
+}
+
+#[tokio::test]
+async fn a_huge_error_body_is_read_only_up_to_a_bound() {
+    let fake = FakeAzure::start(|_, _| {
+        let mut body = br#"{"error":{"code":"BadRequest","message":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', 8 * 1024 * 1024));
+        // The rest never comes: a connector that read it all would wait for ever.
+        let never = Arc::new(tokio::sync::Notify::new());
+        let mut answer = Canned::in_parts(vec![Part::Data(body), Part::Gate(never)]);
+        answer.status = 400;
+        answer
+    })
+    .await;
+    let test = retrying(&fake, &[]);
+    let response = tokio::time::timeout(Duration::from_secs(60), test.app.handle(post(GEN, r#"{"prompt":"x"}"#)))
+        .await
+        .expect("answered without the end of Azure's body");
+    let err = openai_error(&response, 400);
+    assert_eq!(
+        err["message"],
+        "The Azure deployment rejected the request with status 400."
+    );
+    assert!(
+        response.body().len() < 64 * 1024,
+        "no megabytes of Azure's text passed on"
+    );
 }

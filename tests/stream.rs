@@ -206,3 +206,58 @@ async fn dall_e_3_streams_completed_events_made_from_one_buffered_call() {
         "events carry the image itself"
     );
 }
+
+#[tokio::test]
+async fn a_stream_that_ends_short_of_n_images_ends_with_an_error_event() {
+    let fake = FakeAzure::start(|_, _| {
+        Canned::events(&[
+            (COMPLETED, r#""b64_json":"T05F""#),
+            (COMPLETED, &format!(r#""b64_json":"VFdP",{USAGE}"#)),
+        ])
+    })
+    .await;
+    let test = app_for(&fake);
+    let response = test
+        .app
+        .handle(post(GEN, r#"{"model":"azure-image","prompt":"p","n":3,"stream":true}"#))
+        .await;
+    let events = events(&response);
+    assert_eq!(
+        names(&events),
+        [COMPLETED, COMPLETED, "error"],
+        "two of three is not whole"
+    );
+    assert_eq!(events[2].1["error"]["code"], "upstream_invalid_response");
+}
+
+#[tokio::test]
+async fn a_stream_makes_exactly_the_attempts_a_buffered_request_makes() {
+    let fake = FakeAzure::start(|_, _| {
+        Canned::json(503, r#"{"error":{"code":"503","message":"busy"}}"#).with_header("retry-after-ms", "120")
+    })
+    .await;
+    for (retries, attempts) in [("0", 1), ("2", 3)] {
+        let config = config_with(
+            &fake,
+            &[
+                ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
+                ("MAX_RETRIES", retries),
+            ],
+        );
+        let test = app_from(config, vec![Ok(AZURE_KEY.to_owned())]);
+        let before = fake.requests().len();
+        let (response, log) = handle_logged(
+            &test.app,
+            post(GEN, r#"{"model":"azure-image","prompt":"p","stream":true}"#),
+        )
+        .await;
+        openai_error(&response, 502);
+        assert_eq!(fake.requests().len() - before, attempts, "MAX_RETRIES={retries}");
+        let expected: Vec<u64> = (0..attempts).map(|i| if i == 0 { 0 } else { 120 }).collect();
+        assert_eq!(
+            waits(&log),
+            expected,
+            "Azure's retry-after-ms, as for buffered requests"
+        );
+    }
+}
