@@ -32,9 +32,14 @@ impl App {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
         Self {
             azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
-            client_keys: SecretCache::new(secrets, ClientKeys::from_secret_value, config.secret_ttl),
+            client_keys: SecretCache::new(
+                secrets,
+                move |value| ClientKeys::from_secret_value(value, &models),
+                config.secret_ttl,
+            ),
             metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
             no_stream: NoStreamMarks::default(),
             config,

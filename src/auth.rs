@@ -5,7 +5,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, printable};
 use crate::secrets::SecretError;
 
 /// The client keys in force: each kept only as its SHA-256.
@@ -61,49 +61,35 @@ impl Caller {
     }
 }
 
+/// A key entry as the secret writes it. Unknown fields refuse the entry: a
+/// typo such as `model` for `models` must not grant every model.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RawKey {
-    Plain(String),
-    Entry {
-        #[serde(default)]
-        key: Option<String>,
-        #[serde(default)]
-        sha256: Option<String>,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        models: Option<Vec<String>>,
-    },
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
 }
 
 impl ClientKeys {
     /// Reads the secret: a JSON list whose items are a key, `"sha256:<hex>"`,
-    /// or `{"key" | "sha256": …, "name": …, "models": [...]}`.
-    pub fn from_secret_value(value: &str) -> Result<Self, SecretError> {
+    /// or `{"key" | "sha256": …, "name": …, "models": [...]}`, where every
+    /// model is one of `configured`. A problem names the item's position,
+    /// never its key.
+    pub fn from_secret_value(value: &str, configured: &[String]) -> Result<Self, SecretError> {
         const SHAPE: &str = "the client keys secret must be a JSON list of keys, \"sha256:<hex>\" strings or {\"key\"|\"sha256\", \"name\", \"models\"} objects";
-        let items: Vec<RawKey> = serde_json::from_str(value).map_err(|_| SecretError::Invalid(SHAPE))?;
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(value).map_err(|_| SecretError::Invalid(SHAPE.into()))?;
         let keys = items
             .into_iter()
-            .map(|item| match item {
-                RawKey::Plain(text) => Ok(ClientKey {
-                    sha256: digest_of(&text)?,
-                    name: None,
-                    models: None,
-                }),
-                RawKey::Entry {
-                    key,
-                    sha256,
-                    name,
-                    models,
-                } => {
-                    let sha256 = match (key, sha256) {
-                        (Some(key), None) => plain_digest(&key)?,
-                        (None, Some(hex)) => hex_digest(&hex)?,
-                        _ => return Err(SecretError::Invalid(SHAPE)),
-                    };
-                    Ok(ClientKey { sha256, name, models })
-                }
+            .enumerate()
+            .map(|(i, item)| {
+                client_key(item, configured).map_err(|why| SecretError::Invalid(format!("item {i}: {why}").into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self(keys))
@@ -154,24 +140,61 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn digest_of(text: &str) -> Result<[u8; 32], SecretError> {
-    match text.strip_prefix("sha256:") {
-        Some(hex) => hex_digest(hex),
-        None => plain_digest(text),
+/// One item of the secret.
+fn client_key(item: serde_json::Value, configured: &[String]) -> Result<ClientKey, String> {
+    let entry = match item {
+        serde_json::Value::String(text) => {
+            return Ok(ClientKey {
+                sha256: match text.strip_prefix("sha256:") {
+                    Some(hex) => hex_digest(hex)?,
+                    None => plain_digest(&text)?,
+                },
+                name: None,
+                models: None,
+            });
+        }
+        object @ serde_json::Value::Object(_) => serde_json::from_value::<KeyEntry>(object).map_err(|e| {
+            // serde's message names the unknown field and the expected ones, never a value.
+            format!(
+                "not a key entry ({})",
+                e.to_string().split(" at line").next().unwrap_or_default()
+            )
+        })?,
+        _ => return Err("not a key string or a key object".into()),
+    };
+    let sha256 = match (entry.key, entry.sha256) {
+        (Some(key), None) => plain_digest(&key)?,
+        (None, Some(hex)) => hex_digest(&hex)?,
+        _ => return Err("needs exactly one of `key` and `sha256`".into()),
+    };
+    if let Some(unknown) = entry
+        .models
+        .iter()
+        .flatten()
+        .find(|m| !configured.iter().any(|c| c == *m))
+    {
+        return Err(format!(
+            "`models` names `{}`, which is not a configured model",
+            printable(unknown)
+        ));
     }
+    Ok(ClientKey {
+        sha256,
+        name: entry.name,
+        models: entry.models,
+    })
 }
 
-fn plain_digest(key: &str) -> Result<[u8; 32], SecretError> {
+fn plain_digest(key: &str) -> Result<[u8; 32], String> {
     if key.trim().is_empty() {
-        return Err(SecretError::Invalid("a client key is empty"));
+        return Err("a client key is empty".into());
     }
     Ok(Sha256::digest(key.trim().as_bytes()).into())
 }
 
-fn hex_digest(hex: &str) -> Result<[u8; 32], SecretError> {
+fn hex_digest(hex: &str) -> Result<[u8; 32], String> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex.trim(), &mut out)
-        .map_err(|_| SecretError::Invalid("a client key sha256 is not 64 hex digits"))?;
+    hex::decode_to_slice(hex.trim(), &mut out).map_err(|_| "a client key sha256 is not 64 hex digits".to_owned())?;
     Ok(out)
 }
 
@@ -193,6 +216,10 @@ mod tests {
         map
     }
 
+    fn configured() -> Vec<String> {
+        vec!["azure-image".into(), "dall-e-3".into()]
+    }
+
     fn sha(key: &str) -> String {
         hex::encode(Sha256::digest(key.as_bytes()))
     }
@@ -204,7 +231,7 @@ mod tests {
             sha("hashed-key"),
             sha("team-b-key")
         );
-        let keys = ClientKeys::from_secret_value(&secret).expect("valid");
+        let keys = ClientKeys::from_secret_value(&secret, &configured()).expect("valid");
         let bearer = |k: &str| keys.authenticate(&headers(&[("authorization", &format!("Bearer {k}"))]));
         assert_eq!(bearer("plain-key").expect("plain").name, None);
         assert!(bearer("hashed-key").is_ok());
@@ -216,13 +243,13 @@ mod tests {
 
     #[test]
     fn azure_sdks_send_the_key_as_api_key() {
-        let keys = ClientKeys::from_secret_value(r#"["k1"]"#).expect("valid");
+        let keys = ClientKeys::from_secret_value(r#"["k1"]"#, &configured()).expect("valid");
         assert!(keys.authenticate(&headers(&[("api-key", "k1")])).is_ok());
     }
 
     #[test]
     fn missing_and_wrong_keys_are_401_invalid_api_key() {
-        let keys = ClientKeys::from_secret_value(r#"["k1"]"#).expect("valid");
+        let keys = ClientKeys::from_secret_value(r#"["k1"]"#, &configured()).expect("valid");
         for h in [
             headers(&[]),
             headers(&[("authorization", "Bearer k2")]),
@@ -237,8 +264,11 @@ mod tests {
 
     #[test]
     fn a_restricted_key_gets_403_naming_the_model() {
-        let keys =
-            ClientKeys::from_secret_value(r#"[{"key":"k1","name":"team-a","models":["azure-image"]}]"#).expect("valid");
+        let keys = ClientKeys::from_secret_value(
+            r#"[{"key":"k1","name":"team-a","models":["azure-image"]}]"#,
+            &configured(),
+        )
+        .expect("valid");
         let caller = keys
             .authenticate(&headers(&[("authorization", "Bearer k1")]))
             .expect("known");
@@ -259,14 +289,30 @@ mod tests {
             r#"[{"key":"a","sha256":"b"}]"#,
             r#"[""]"#,
         ] {
-            assert!(ClientKeys::from_secret_value(bad).is_err(), "{bad}");
+            assert!(ClientKeys::from_secret_value(bad, &configured()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn debug_shows_no_key_material() {
-        let keys = ClientKeys::from_secret_value(r#"[{"key":"very-secret","name":"n"}]"#).expect("valid");
+        let keys =
+            ClientKeys::from_secret_value(r#"[{"key":"very-secret","name":"n"}]"#, &configured()).expect("valid");
         let shown = format!("{keys:?}");
         assert!(!shown.contains("very-secret") && !shown.contains(&sha("very-secret")[..16]));
+    }
+
+    #[test]
+    fn a_typo_or_an_unknown_model_refuses_the_secret_naming_the_item_never_the_key() {
+        for (secret, why) in [
+            (r#"["ok-key", {"key": "typo-key", "model": ["azure-image"]}]"#, "model"),
+            (r#"["ok-key", {"key": "typo-key", "models": ["gpt-4o"]}]"#, "gpt-4o"),
+            (r#"["ok-key", {"key": "typo-key", "sha256": "00"}]"#, "exactly one"),
+            (r#"["ok-key", 7]"#, "not a key"),
+        ] {
+            let err = ClientKeys::from_secret_value(secret, &configured()).expect_err(secret);
+            let text = err.to_string();
+            assert!(text.contains("item 1") && text.contains(why), "{text}");
+            assert!(!text.contains("typo-key") && !text.contains("ok-key"), "{text}");
+        }
     }
 }

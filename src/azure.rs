@@ -2,7 +2,7 @@
 //! retries bounded by the Lambda deadline, then its fallbacks. Buffered,
 //! relayed and streamed answers all come through [`AzureClient::call`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -157,21 +157,38 @@ pub struct Call<'a> {
 }
 
 /// Deployments that refused `stream` (an api-version without image
-/// streaming): their streams are made from one buffered call.
+/// streaming): their streams are made from one buffered call, until the mark
+/// expires after [`NO_STREAM_FOR`] and the deployment is asked again (its
+/// api-version may have been upgraded).
 #[derive(Debug, Default)]
-pub struct NoStreamMarks(Mutex<HashSet<String>>);
+pub struct NoStreamMarks(Mutex<HashMap<String, Instant>>);
+
+/// How long a refusal of `stream` is remembered.
+pub const NO_STREAM_FOR: Duration = Duration::from_secs(600);
 
 impl NoStreamMarks {
     pub fn is_marked(&self, entry: &ModelEntry) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&entry.name)
+        self.is_marked_at(entry, Instant::now())
     }
 
-    fn mark(&self, entry: &ModelEntry) {
-        tracing::info!(model = %entry.name, "the deployment does not stream; streams are made from buffered calls");
+    fn is_marked_at(&self, entry: &ModelEntry, now: Instant) -> bool {
+        let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match marks.get(&entry.name) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                marks.remove(&entry.name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_at(&self, entry: &ModelEntry, now: Instant) {
+        tracing::info!(model = %entry.name, "the deployment does not stream; streams are made from buffered calls for a while");
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.name.clone());
+            .insert(entry.name.clone(), now + NO_STREAM_FOR);
     }
 }
 
@@ -321,7 +338,7 @@ impl AzureClient {
                 Ok(Err(response)) if stream && response.refuses_streaming() => {
                     record.outcome = "stream_refused".into();
                     attempts.push(record);
-                    marks.mark(entry);
+                    marks.mark_at(entry, Instant::now());
                     stream = false;
                     upstream = call.request.upstream(entry, false);
                     waited = Duration::ZERO;
@@ -522,5 +539,25 @@ mod tests {
             let wait = backoff(retry);
             assert!(wait >= ceiling / 2 && wait <= ceiling, "{retry}: {wait:?}");
         }
+    }
+
+    #[test]
+    fn a_refusal_of_stream_is_remembered_for_a_while_not_for_ever() {
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "IMAGE_MODELS" => Some(r#"[{"name":"img","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"2024-10-21"}]"#.into()),
+            "AZURE_API_KEY_SECRET_ID" => Some("s".into()),
+            _ => None,
+        })
+        .expect("valid");
+        let entry = &config.models[0];
+        let marks = NoStreamMarks::default();
+        let now = Instant::now();
+        assert!(!marks.is_marked_at(entry, now));
+        marks.mark_at(entry, now);
+        assert!(marks.is_marked_at(entry, now + NO_STREAM_FOR - Duration::from_secs(1)));
+        assert!(
+            !marks.is_marked_at(entry, now + NO_STREAM_FOR),
+            "asked again after the mark expires"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! success in OpenAI's format), whole, [`relay`]ed or as a [`stream`] of
 //! events → out, with the request's log line from [`observe`]. Every failure
 //! is an [`error`]; [`exchange`] holds the request and body types they share.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;

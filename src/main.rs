@@ -1,5 +1,6 @@
 //! Reads the configuration, builds the clients once, and serves: under the
 //! Lambda runtime by default, or on a local listener with `--listen ADDR`.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::Arc;

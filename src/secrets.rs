@@ -26,18 +26,18 @@ impl ApiKey {
                 api_key: String,
             }
             serde_json::from_str::<Wrapped>(value)
-                .map_err(|_| SecretError::Invalid("a JSON secret must be an object with a string `apiKey`"))?
+                .map_err(|_| SecretError::Invalid("a JSON secret must be an object with a string `apiKey`".into()))?
                 .api_key
         } else {
             value.to_owned()
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(SecretError::Invalid("the key is empty"));
+            return Err(SecretError::Invalid("the key is empty".into()));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(SecretError::Invalid(
-                "the key has characters an HTTP header cannot carry",
+                "the key has characters an HTTP header cannot carry".into(),
             ));
         }
         Ok(Self(key.to_owned()))
@@ -64,7 +64,7 @@ pub enum SecretError {
     #[error("the secret cannot be used: {0}")]
     Unusable(String),
     #[error("the secret value is not a usable key: {0}")]
-    Invalid(&'static str),
+    Invalid(std::borrow::Cow<'static, str>),
 }
 
 impl SecretError {
@@ -159,7 +159,7 @@ impl SecretSource for SecretsManagerSource {
                 .secret_binary()
                 .and_then(|blob| std::str::from_utf8(blob.as_ref()).ok())
                 .map(str::to_owned)
-                .ok_or(SecretError::Invalid("the secret has no text value"))
+                .ok_or(SecretError::Invalid("the secret has no text value".into()))
         })
     }
 }
@@ -223,7 +223,7 @@ impl SecretSource for ScriptedSource {
 /// requests for the same secret wait on one fetch instead of each making their own.
 pub struct SecretCache<T> {
     source: Arc<dyn SecretSource>,
-    parse: fn(&str) -> Result<T, SecretError>,
+    parse: Box<dyn Fn(&str) -> Result<T, SecretError> + Send + Sync>,
     ttl: Duration,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot<T>>>>>,
 }
@@ -248,10 +248,14 @@ impl<T> Default for Slot<T> {
 const STALE_GRACE: Duration = Duration::from_secs(30);
 
 impl<T: Send + Sync + 'static> SecretCache<T> {
-    pub fn new(source: Arc<dyn SecretSource>, parse: fn(&str) -> Result<T, SecretError>, ttl: Duration) -> Self {
+    pub fn new(
+        source: Arc<dyn SecretSource>,
+        parse: impl Fn(&str) -> Result<T, SecretError> + Send + Sync + 'static,
+        ttl: Duration,
+    ) -> Self {
         Self {
             source,
-            parse,
+            parse: Box::new(parse),
             ttl,
             slots: Mutex::new(HashMap::new()),
         }
@@ -279,7 +283,10 @@ impl<T: Send + Sync + 'static> SecretCache<T> {
                 slot.fresh_until = Some(now + self.ttl);
                 Ok(value)
             }
-            Err(err) => match slot.value.clone() {
+            // Only an outage keeps the old value serving. A secret deleted, made
+            // unreadable or rewritten into something unusable is a decision:
+            // the old value (revoked client keys, say) stops at once.
+            Err(err @ SecretError::Unavailable(_)) => match slot.value.clone() {
                 Some(stale) => {
                     tracing::warn!(secret_id, error = %err, "refreshing a secret failed; serving the cached value");
                     slot.fresh_until = Some(now + STALE_GRACE.min(self.ttl.max(Duration::from_secs(1))));
@@ -287,6 +294,11 @@ impl<T: Send + Sync + 'static> SecretCache<T> {
                 }
                 None => Err(err),
             },
+            Err(err) => {
+                slot.value = None;
+                slot.fresh_until = None;
+                Err(err)
+            }
         }
     }
 
@@ -406,5 +418,23 @@ mod tests {
         // A second request that also saw `old` rejected gets `new` without a fetch.
         assert_eq!(cache.refresh("s", &old).await.expect("new").expose(), "new");
         assert_eq!(calls.total_calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_or_unusable_secret_stops_the_old_value_an_outage_does_not() {
+        for (failure, stale_serves) in [
+            (down(), true),
+            (Err(SecretError::Unusable("the secret does not exist".into())), false),
+            (
+                Err(SecretError::Unusable("access to the secret is denied".into())),
+                false,
+            ),
+            (Ok("".to_owned()), false),
+        ] {
+            let (cache, _) = cache(vec![Ok("k".into()), failure.clone()], 60);
+            assert_eq!(cache.get("s").await.expect("first").expose(), "k");
+            tokio::time::advance(Duration::from_secs(61)).await;
+            assert_eq!(cache.get("s").await.is_ok(), stale_serves, "{failure:?}");
+        }
     }
 }

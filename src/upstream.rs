@@ -12,11 +12,20 @@ use crate::config::ModelEntry;
 use crate::error::{self, ApiError};
 
 /// What Azure answered, before any interpretation.
-#[derive(Debug)]
 pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+/// Azure's body can echo the prompt: printed by its length only.
+impl std::fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamResponse")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamResponse {
@@ -25,13 +34,29 @@ impl UpstreamResponse {
         self.status.as_u16() == 401
     }
 
-    /// A 400 about `stream` or `partial_images`: the deployment's api-version does not stream.
+    /// Azure's 400 refusing `stream` or `partial_images` themselves, as an
+    /// api-version without image streaming answers: the error names the field
+    /// as its `param`, or is exactly Azure's "unrecognized argument" for it.
+    /// Never a substring of any message: a client's own unknown field (say
+    /// `stream_options`) must not turn streaming off for everyone.
     pub fn refuses_streaming(&self) -> bool {
+        const FIELDS: [&str; 2] = ["stream", "partial_images"];
         if self.status.as_u16() != 400 {
             return false;
         }
-        let text = String::from_utf8_lossy(&self.body);
-        text.contains("stream") || text.contains("partial_images")
+        let Some(azure) = serde_json::from_slice::<AzureErrorBody>(&self.body)
+            .ok()
+            .and_then(|b| b.error)
+        else {
+            return false;
+        };
+        let by_param = azure.param.as_deref().is_some_and(|p| FIELDS.contains(&p));
+        let by_message = azure.message.as_deref().is_some_and(|m| {
+            m.trim()
+                .strip_prefix("Unrecognized request argument supplied: ")
+                .is_some_and(|field| FIELDS.contains(&field))
+        });
+        by_param || by_message
     }
 }
 
@@ -357,5 +382,26 @@ mod tests {
         }
         let failure = UpstreamFailure::from(UpstreamError::Connect);
         assert!(failure.retryable && failure.fallback);
+    }
+
+    #[test]
+    fn only_a_refusal_of_stream_itself_says_the_deployment_does_not_stream() {
+        let refusal = |body: &str| upstream(400, body, &[]).refuses_streaming();
+        assert!(refusal(
+            r#"{"error":{"code":"invalid_value","param":"stream","message":"Unrecognized request argument supplied: stream"}}"#
+        ));
+        assert!(refusal(r#"{"error":{"param":"partial_images","message":"x"}}"#));
+        assert!(refusal(
+            r#"{"error":{"message":"Unrecognized request argument supplied: stream"}}"#
+        ));
+        for body in [
+            r#"{"error":{"param":"stream_options","message":"Unrecognized request argument supplied: stream_options"}}"#,
+            r#"{"error":{"message":"Invalid 'stream_options': streaming is great"}}"#,
+            r#"{"error":{"param":"prompt","message":"the stream of consciousness is filtered"}}"#,
+            "stream",
+        ] {
+            assert!(!refusal(body), "{body}");
+        }
+        assert!(!upstream(500, r#"{"error":{"param":"stream"}}"#, &[]).refuses_streaming());
     }
 }

@@ -3,8 +3,18 @@
 
 mod common;
 
+use std::sync::Arc;
+
+use azure_openai_image::App;
+use azure_openai_image::azure::AzureClient;
+use azure_openai_image::observe::MetricsSink;
+use azure_openai_image::secrets::{ScriptedSource, SecretError};
 use common::*;
 use http::Method;
+
+fn get(path: &str) -> azure_openai_image::exchange::Incoming {
+    request(Method::GET, path, "")
+}
 
 const GEN: &str = "/v1/images/generations";
 const BODY: &str = r#"{"model":"azure-image","prompt":"a fox"}"#;
@@ -183,4 +193,52 @@ async fn a_body_that_is_not_json_by_content_type_is_400() {
         200
     );
     assert!(fake.requests().len() == 1);
+}
+
+fn app_with_client_keys(fake: &FakeAzure, client_keys: Vec<Result<String, SecretError>>, ttl: &str) -> Arc<App> {
+    let config = config_with(
+        fake,
+        &[
+            ("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET),
+            ("SECRET_CACHE_TTL_SECONDS", ttl),
+        ],
+    );
+    let source = ScriptedSource::new(vec![Ok(AZURE_KEY.to_owned())]).with(CLIENT_KEYS_SECRET, client_keys);
+    Arc::new(
+        App::new(config, Arc::new(source), AzureClient::new().expect("client"))
+            .with_metrics(MetricsSink::new("AzureOpenAIImage", |_| {})),
+    )
+}
+
+#[tokio::test]
+async fn a_key_entry_with_a_typo_grants_nothing() {
+    let fake = FakeAzure::healthy().await;
+    let typo = r#"[{"key": "sk-example", "model": ["azure-image"]}]"#;
+    let app = app_with_client_keys(&fake, vec![Ok(typo.to_owned())], "300");
+    let response = app
+        .handle(post("/v1/images/generations", r#"{"model":"dall-e-3","prompt":"x"}"#))
+        .await;
+    assert_eq!(openai_error(&response, 500)["code"], "secret_misconfigured");
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn deleting_the_client_keys_secret_revokes_the_keys_an_outage_does_not() {
+    let fake = FakeAzure::healthy().await;
+    let gone = Err(SecretError::Unusable("the secret does not exist".into()));
+    let revoked = app_with_client_keys(&fake, vec![Ok(CLIENT_KEYS.to_owned()), gone], "0");
+    assert_eq!(revoked.handle(get("/v1/models")).await.status(), 200);
+    assert_eq!(
+        openai_error(&revoked.handle(get("/v1/models")).await, 500)["code"],
+        "secret_misconfigured"
+    );
+
+    let down = Err(SecretError::Unavailable("could not connect".into()));
+    let outage = app_with_client_keys(&fake, vec![Ok(CLIENT_KEYS.to_owned()), down], "0");
+    assert_eq!(outage.handle(get("/v1/models")).await.status(), 200);
+    assert_eq!(
+        outage.handle(get("/v1/models")).await.status(),
+        200,
+        "a stale key serves through an outage"
+    );
 }

@@ -484,3 +484,36 @@ async fn a_secret_fetch_is_bounded_by_the_request_deadline() {
     assert!(response.headers().contains_key("retry-after"));
     assert!(fake.requests().is_empty());
 }
+
+#[tokio::test]
+async fn client_text_reaches_the_log_line_bounded() {
+    let fake = FakeAzure::healthy().await;
+    let test = app_for(&fake);
+    let huge = "9".repeat(300_000);
+    let body = format!(r#"{{"model":"{huge}","prompt":"x","size":"{huge}","quality":"{huge}"}}"#);
+    let (response, log) = handle_logged(&test.app, post(GEN, &body)).await;
+    openai_error(&response, 404);
+    let line = log.to_string();
+    assert!(line.len() < 4096, "a {} byte log line", line.len());
+    assert!(response.body().len() < 4096, "and a small answer");
+}
+
+#[test]
+fn debug_output_never_carries_prompts_keys_or_upstream_urls() {
+    let config = config_from(
+        r#"[{"name":"img","model":"gpt-image-1","baseURL":"https://secret-resource.openai.azure.com/openai/deployments/d","apiVersion":"2025-04-01-preview"}]"#,
+        &[],
+    );
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("secret-resource"), "{printed}");
+    let request =
+        azure_openai_image::operation::GenerationRequest::parse(br#"{"prompt":"my private words"}"#).expect("valid");
+    assert!(!format!("{request:?}").contains("private"));
+    let incoming = with_header(
+        post(GEN, r#"{"prompt":"my private words"}"#),
+        "api-key",
+        "sk-very-secret",
+    );
+    let printed = format!("{incoming:?}");
+    assert!(!printed.contains("private") && !printed.contains("sk-very-secret") && !printed.contains(CLIENT_KEY));
+}

@@ -261,3 +261,38 @@ async fn a_stream_makes_exactly_the_attempts_a_buffered_request_makes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_callers_unknown_field_does_not_turn_streaming_off_for_others() {
+    // Azure refuses `stream_options` (forwarded as an unknown field), not `stream`.
+    let fake = FakeAzure::start(|req, _| {
+        if req.body.get("stream_options").is_some() {
+            Canned::json(
+                400,
+                r#"{"error":{"code":"invalid_request_error","param":"stream_options","message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error"}}"#,
+            )
+        } else {
+            streamed_image()
+        }
+    })
+    .await;
+    let test = app_for(&fake);
+    let hostile = test
+        .app
+        .handle(post(
+            GEN,
+            r#"{"model":"azure-image","prompt":"p","stream":true,"stream_options":{}}"#,
+        ))
+        .await;
+    assert_eq!(openai_error(&hostile, 400)["param"], "stream_options");
+    let next = test
+        .app
+        .handle(post(GEN, r#"{"model":"azure-image","prompt":"p","stream":true}"#))
+        .await;
+    assert_eq!(
+        names(&events(&next)),
+        [PARTIAL, COMPLETED],
+        "still relayed from Azure's stream"
+    );
+    assert_eq!(fake.requests()[1].body["stream"], true);
+}
