@@ -219,11 +219,14 @@ impl SecretSource for ScriptedSource {
     }
 }
 
+/// How a cache turns a secret's text into its value.
+type Parse<T> = dyn Fn(&str) -> Result<T, SecretError> + Send + Sync;
+
 /// Parsed secret values by secret id, each fetched once per TTL: concurrent
 /// requests for the same secret wait on one fetch instead of each making their own.
 pub struct SecretCache<T> {
     source: Arc<dyn SecretSource>,
-    parse: Box<dyn Fn(&str) -> Result<T, SecretError> + Send + Sync>,
+    parse: Box<Parse<T>>,
     ttl: Duration,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot<T>>>>>,
 }

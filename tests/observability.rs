@@ -160,10 +160,7 @@ async fn retries_and_a_fallback_show_every_upstream_status() {
         fake.base_url("primary-dep"),
         fake.base_url("backup-dep")
     );
-    let config = config_from(
-        &models,
-        &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "1")],
-    );
+    let config = config_from(&models, &[("AUTH_MODE", "none"), ("MAX_RETRIES", "1")]);
     let (log, emf, status, all) = observe(config, post(GEN, &body("primary", ""))).await;
     assert_eq!(status, 200);
     assert_eq!(log["model"], "primary");

@@ -26,14 +26,16 @@ fn three_models(fake: &FakeAzure, settings: &[(&str, &str)]) -> TestApp {
         fake.base_url("third-dep"),
         fake.base_url("dalle-dep"),
     );
-    let mut all = vec![("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)];
+    // No `azure-image` here for the team key to name: callers are not checked.
+    let mut all = vec![("AUTH_MODE", "none")];
     all.extend_from_slice(settings);
     app_from(config_from(&models, &all), vec![Ok(AZURE_KEY.into())])
 }
 
 /// The standard test models with the retry settings under test.
 fn retrying(fake: &FakeAzure, settings: &[(&str, &str)]) -> TestApp {
-    let mut all = vec![("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET)];
+    // No `azure-image` here for the team key to name: callers are not checked.
+    let mut all = vec![("AUTH_MODE", "none")];
     all.extend_from_slice(settings);
     app_from(config_with(fake, &all), vec![Ok(AZURE_KEY.into())])
 }
@@ -327,10 +329,7 @@ async fn a_configured_fallback_that_cannot_take_the_request_is_reported_not_drop
         fake.base_url("dalle-dep"),
     );
     let test = app_from(
-        config_from(
-            &models,
-            &[("CLIENT_API_KEYS_SECRET_ID", CLIENT_KEYS_SECRET), ("MAX_RETRIES", "0")],
-        ),
+        config_from(&models, &[("AUTH_MODE", "none"), ("MAX_RETRIES", "0")]),
         vec![Ok(AZURE_KEY.into())],
     );
     let err = openai_error(
