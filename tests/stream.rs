@@ -296,3 +296,29 @@ async fn a_callers_unknown_field_does_not_turn_streaming_off_for_others() {
     );
     assert_eq!(fake.requests()[1].body["stream"], true);
 }
+
+#[tokio::test]
+async fn a_stream_that_stalls_ends_with_an_error_event_before_the_deadline() {
+    // Azure opens the stream, sends one partial image, then nothing: the whole
+    // attempt (headers and events) is bounded by the request's deadline.
+    let fake = FakeAzure::start(|_, _| {
+        Canned::in_parts(vec![
+            Part::Data(sse_event(PARTIAL, r#""b64_json":"UEFS","partial_image_index":0"#)),
+            Part::Gate(std::sync::Arc::new(tokio::sync::Notify::new())),
+        ])
+        .with_header("content-type", "text/event-stream")
+    })
+    .await;
+    let test = app_for(&fake);
+    let req = with_deadline(
+        post(GEN, r#"{"model":"azure-image","prompt":"p","stream":true,"partial_images":1}"#),
+        std::time::Duration::from_secs(4),
+    );
+    // Only a hang guard: an unbounded relay would wait for Azure for ever.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), test.app.handle(req))
+        .await
+        .expect("the stream ended while Azure still held it open");
+    let events = events(&response);
+    assert_eq!(names(&events), [PARTIAL, "error"]);
+    assert_eq!(events[1].1["error"]["code"], "upstream_timeout");
+}
