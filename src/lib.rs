@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod models;
+pub mod multipart;
 pub mod request;
 pub mod reshape;
 pub mod response;
