@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod image;
 pub mod models;
 pub mod multipart;
 pub mod request;
