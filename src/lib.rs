@@ -9,6 +9,7 @@
 //! → out, with [`error`] the one shape every failure takes.
 
 pub mod config;
+pub mod data_url;
 pub mod error;
 pub mod image;
 pub mod models;
