@@ -119,7 +119,7 @@ pub fn parse(body: &Bytes, boundary: &str) -> Result<Vec<Part>, ApiError> {
         }
         let padding = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
         if !rest[padding..].starts_with(b"\r\n") {
-            let what = if rest.len() == padding {
+            let what = if b"\r\n".starts_with(&rest[padding..]) || b"--".starts_with(rest) {
                 "The multipart body ends without its closing boundary (truncated?).".to_owned()
             } else {
                 format!(
@@ -636,7 +636,12 @@ mod tests {
             let truncated = whole.slice(..cut);
             assert!(parse(&truncated, BOUNDARY).is_err(), "cut at {cut} parsed");
         }
-        assert!(message_of(parse(&whole.slice(..close - 4), BOUNDARY)).contains("truncated"));
+        for cut in [close - 4, close + 2 + BOUNDARY.len(), close + 3 + BOUNDARY.len()] {
+            assert!(
+                message_of(parse(&whole.slice(..cut), BOUNDARY)).contains("truncated"),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
