@@ -41,6 +41,15 @@ errors! {
     // The request, before any upstream call.
     INVALID_JSON = 400 INVALID_REQUEST "invalid_json";
     INVALID_CONTENT_TYPE = 400 INVALID_REQUEST "invalid_content_type";
+    /// A `multipart/form-data` body that does not parse.
+    INVALID_MULTIPART = 400 INVALID_REQUEST "invalid_multipart";
+    /// A form field that may come once, sent twice.
+    DUPLICATE_PARAMETER = 400 INVALID_REQUEST "duplicate_parameter";
+    /// An upload that is not a PNG, JPEG or WEBP image (by its bytes).
+    INVALID_IMAGE_FORMAT = 400 INVALID_REQUEST "invalid_image_format";
+    /// An image given as a URL the connector does not fetch, or a malformed data URL.
+    INVALID_IMAGE_URL = 400 INVALID_REQUEST "invalid_image_url";
+    INVALID_BASE64 = 400 INVALID_REQUEST "invalid_base64";
     MISSING_REQUIRED_PARAMETER = 400 INVALID_REQUEST "missing_required_parameter";
     EMPTY_STRING = 400 INVALID_REQUEST "empty_string";
     INVALID_TYPE = 400 INVALID_REQUEST "invalid_type";

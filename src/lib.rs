@@ -13,9 +13,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod data_url;
 pub mod error;
+pub mod image;
 pub mod json_text;
 pub mod models;
+pub mod multipart;
 pub mod operation;
 pub mod reshape;
 pub mod sse;

@@ -311,7 +311,10 @@ async fn a_stream_that_stalls_ends_with_an_error_event_before_the_deadline() {
     .await;
     let test = app_for(&fake);
     let req = with_deadline(
-        post(GEN, r#"{"model":"azure-image","prompt":"p","stream":true,"partial_images":1}"#),
+        post(
+            GEN,
+            r#"{"model":"azure-image","prompt":"p","stream":true,"partial_images":1}"#,
+        ),
         std::time::Duration::from_secs(4),
     );
     // Only a hang guard: an unbounded relay would wait for Azure for ever.
