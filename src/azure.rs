@@ -380,7 +380,7 @@ impl AzureClient {
                 .header("api-key", key.expose())
                 .header(CONTENT_TYPE, upstream.content_type.clone())
                 .header(ACCEPT, accept)
-                .body(upstream.body.clone())
+                .body(upstream_body(upstream))
                 .send()
                 .await
                 .map_err(classify)?;
@@ -395,6 +395,38 @@ impl AzureClient {
         tokio::time::timeout_at(until.into(), attempt)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// The request body for one attempt: its pieces (slices of the client's
+/// body, for uploads) sent one after another, with their length announced.
+fn upstream_body(upstream: &UpstreamRequest) -> reqwest::Body {
+    match upstream.body.as_slice() {
+        [one] => reqwest::Body::from(one.clone()),
+        _ => reqwest::Body::wrap(Pieces(upstream.body.iter().cloned().collect())),
+    }
+}
+
+/// A body of ready pieces.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|p| p.len() as u64).sum())
     }
 }
 

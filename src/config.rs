@@ -89,8 +89,9 @@ pub struct ModelEntry {
     /// The deployment segment of `baseURL`.
     pub deployment: String,
     pub api_version: String,
-    /// The full upstream URL, built once here: nothing from a request goes into it.
+    /// The full upstream URLs, built once here: nothing from a request goes into them.
     pub generations_url: Url,
+    pub edits_url: Url,
     pub secret_id: String,
     pub spec: &'static ModelSpec,
     /// Configured names to try, in order, when this model fails with a retryable error.
@@ -315,7 +316,9 @@ impl ModelEntry {
             ));
         }
         let (generations_url, deployment) =
-            generations_url(&raw.base_url, &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
+            operation_url(&raw.base_url, "generations", &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
+        let (edits_url, _) =
+            operation_url(&raw.base_url, "edits", &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
         let secret_id = raw
             .api_key_secret_id
             .map(|s| s.trim().to_owned())
@@ -329,6 +332,7 @@ impl ModelEntry {
             deployment,
             api_version,
             generations_url,
+            edits_url,
             secret_id,
             spec,
             fallbacks: raw.fallbacks,
@@ -340,9 +344,9 @@ fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
 
-/// `{baseURL}/images/generations?api-version={v}`, after checking that
-/// `baseURL` is an Azure deployment URL as the seed shows it.
-fn generations_url(base_url: &str, api_version: &str) -> Result<(Url, String), String> {
+/// `{baseURL}/images/{operation}?api-version={v}`, after checking that
+/// `baseURL` is an Azure deployment URL (`…/openai/deployments/<deployment>`).
+fn operation_url(base_url: &str, operation: &str, api_version: &str) -> Result<(Url, String), String> {
     let url = Url::parse(base_url.trim()).map_err(|e| format!("is not a URL: {e}"))?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match url.scheme() {
@@ -361,10 +365,10 @@ fn generations_url(base_url: &str, api_version: &str) -> Result<(Url, String), S
         }
         _ => return Err("must end in /openai/deployments/<deployment>".into()),
     };
-    let mut generations = url.clone();
-    generations.set_path(&format!("{}/images/generations", url.path().trim_end_matches('/')));
-    generations.query_pairs_mut().append_pair("api-version", api_version);
-    Ok((generations, deployment))
+    let mut target = url.clone();
+    target.set_path(&format!("{}/images/{operation}", url.path().trim_end_matches('/')));
+    target.query_pairs_mut().append_pair("api-version", api_version);
+    Ok((target, deployment))
 }
 
 #[cfg(test)]
@@ -386,6 +390,10 @@ mod tests {
         assert_eq!(
             m.generations_url.as_str(),
             "https://res.openai.azure.com/openai/deployments/img1/images/generations?api-version=2025-04-01-preview"
+        );
+        assert_eq!(
+            m.edits_url.as_str(),
+            "https://res.openai.azure.com/openai/deployments/img1/images/edits?api-version=2025-04-01-preview"
         );
         assert_eq!(m.deployment, "img1");
         assert_eq!(m.secret_id, "azure-key");
@@ -431,9 +439,9 @@ mod tests {
             "https://user:pw@res.openai.azure.com/openai/deployments/d",
             "not a url",
         ] {
-            assert!(generations_url(bad, "2024-10-21").is_err(), "{bad}");
+            assert!(operation_url(bad, "generations", "2024-10-21").is_err(), "{bad}");
         }
-        assert!(generations_url("http://127.0.0.1:8000/openai/deployments/d", "v").is_ok());
+        assert!(operation_url("http://127.0.0.1:8000/openai/deployments/d", "generations", "v").is_ok());
     }
 
     #[test]

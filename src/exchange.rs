@@ -12,9 +12,9 @@ use http::{HeaderMap, Method, Response};
 
 use crate::observe::RequestLog;
 
-/// The largest request body any route takes; each operation sets its own
-/// limit at or below it.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest request body any route takes (an edit's uploads: what a
+/// Lambda invocation can carry); each operation sets its own limit at or below it.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// A request as every front door delivers it.
 pub struct Incoming {

@@ -11,7 +11,44 @@
 pub enum Values {
     Any,
     OneOf(&'static [&'static str]),
+    /// The listed values, or any `WIDTHxHEIGHT` within the limits (gpt-image-2's sizes).
+    OneOfOrSize(&'static [&'static str], SizeLimits),
     NotAccepted,
+}
+
+/// Free sizes as gpt-image-2 takes them (OpenAI's `CreateImageRequest.size`):
+/// both sides divisible by `multiple_of`, the aspect ratio within
+/// `max_ratio`:1 either way, the long side at most `max_long`, the short side
+/// at most `max_short` (3840x2160 at most).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    pub multiple_of: u32,
+    pub max_ratio: u32,
+    pub max_long: u32,
+    pub max_short: u32,
+}
+
+impl SizeLimits {
+    /// Whether `value` is a `WIDTHxHEIGHT` within the limits.
+    pub fn allows(&self, value: &str) -> bool {
+        let Some((w, h)) = value.split_once('x') else {
+            return false;
+        };
+        let digits = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(w) || !digits(h) {
+            return false;
+        }
+        let (Ok(w), Ok(h)) = (w.parse::<u32>(), h.parse::<u32>()) else {
+            return false;
+        };
+        let (long, short) = (w.max(h), w.min(h));
+        short > 0
+            && w % self.multiple_of == 0
+            && h % self.multiple_of == 0
+            && long <= short * self.max_ratio
+            && long <= self.max_long
+            && short <= self.max_short
+    }
 }
 
 /// The limits of one model family.
@@ -34,6 +71,10 @@ pub struct ModelSpec {
     pub max_partial_images: Option<u32>,
     /// True for the gpt-image family: they always answer b64_json and take no `response_format`.
     pub always_b64: bool,
+    /// Whether Azure serves image edits for it (dall-e-3 has none).
+    pub edits: bool,
+    /// Whether edits take `input_fidelity` (not gpt-image-1-mini).
+    pub input_fidelity: bool,
 }
 
 /// The fields only the gpt-image family takes, in request order.
@@ -61,13 +102,17 @@ pub static DALL_E_3: ModelSpec = ModelSpec {
     moderation: Values::NotAccepted,
     max_partial_images: None,
     always_b64: false,
+    edits: false,
+    input_fidelity: false,
 };
+
+const GPT_SIZES: &[&str] = &["1024x1024", "1536x1024", "1024x1536", "auto"];
 
 pub static GPT_IMAGE: ModelSpec = ModelSpec {
     family: "gpt-image",
     max_prompt_chars: Some(32000),
     max_n: 10,
-    size: Values::OneOf(&["1024x1024", "1536x1024", "1024x1536", "auto"]),
+    size: Values::OneOf(GPT_SIZES),
     quality: Values::OneOf(&["low", "medium", "high", "auto"]),
     style: Values::NotAccepted,
     response_format: Values::NotAccepted,
@@ -77,6 +122,30 @@ pub static GPT_IMAGE: ModelSpec = ModelSpec {
     moderation: Values::OneOf(&["low", "auto"]),
     max_partial_images: Some(3),
     always_b64: true,
+    edits: true,
+    input_fidelity: true,
+};
+
+/// gpt-image-1-mini: gpt-image-1's fields, without `input_fidelity` on edits.
+pub static GPT_IMAGE_MINI: ModelSpec = ModelSpec {
+    family: "gpt-image-1-mini",
+    input_fidelity: false,
+    ..GPT_IMAGE
+};
+
+/// gpt-image-2: the gpt-image fields, and sizes of any `WIDTHxHEIGHT` within its limits.
+pub static GPT_IMAGE_2: ModelSpec = ModelSpec {
+    family: "gpt-image-2",
+    size: Values::OneOfOrSize(
+        GPT_SIZES,
+        SizeLimits {
+            multiple_of: 16,
+            max_ratio: 3,
+            max_long: 3840,
+            max_short: 2160,
+        },
+    ),
+    ..GPT_IMAGE
 };
 
 /// A model the specs above do not describe: only the generic checks (types, and the
@@ -95,6 +164,8 @@ pub static GENERIC: ModelSpec = ModelSpec {
     moderation: Values::Any,
     max_partial_images: Some(3),
     always_b64: false,
+    edits: true,
+    input_fidelity: true,
 };
 
 impl ModelSpec {
@@ -102,7 +173,9 @@ impl ModelSpec {
     pub fn for_model(model: &str) -> &'static ModelSpec {
         match model.to_ascii_lowercase().as_str() {
             "dall-e-3" => &DALL_E_3,
-            "gpt-image-1" | "gpt-image-1-mini" | "gpt-image-1.5" => &GPT_IMAGE,
+            "gpt-image-1" | "gpt-image-1.5" => &GPT_IMAGE,
+            "gpt-image-1-mini" => &GPT_IMAGE_MINI,
+            "gpt-image-2" | "gpt-image-2-2026-04-21" => &GPT_IMAGE_2,
             _ => &GENERIC,
         }
     }
@@ -115,15 +188,50 @@ mod tests {
     #[test]
     fn known_models_get_their_family() {
         assert_eq!(ModelSpec::for_model("dall-e-3"), &DALL_E_3);
-        for m in ["gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "GPT-IMAGE-1"] {
+        for m in ["gpt-image-1", "gpt-image-1.5", "GPT-IMAGE-1"] {
             assert_eq!(ModelSpec::for_model(m), &GPT_IMAGE, "{m}");
         }
-        assert_eq!(ModelSpec::for_model("gpt-image-2"), &GENERIC);
+        assert_eq!(ModelSpec::for_model("gpt-image-1-mini"), &GPT_IMAGE_MINI);
+        assert_eq!(ModelSpec::for_model("gpt-image-2"), &GPT_IMAGE_2);
+        assert_eq!(ModelSpec::for_model("gpt-image-3"), &GENERIC);
     }
 
     #[test]
     fn dall_e_3_takes_one_image_and_gpt_image_ten() {
         assert_eq!(DALL_E_3.max_n, 1);
         assert_eq!(GPT_IMAGE.max_n, 10);
+    }
+
+    #[test]
+    fn gpt_image_2_takes_free_sizes_within_its_limits() {
+        let Values::OneOfOrSize(_, limits) = GPT_IMAGE_2.size else {
+            panic!("gpt-image-2 takes free sizes");
+        };
+        for ok in ["1536x864", "3840x2160", "2160x3840", "1024x3072", "16x16", "2560x1440"] {
+            assert!(limits.allows(ok), "{ok}");
+        }
+        for bad in [
+            "1000x1000", // not divisible by 16
+            "4096x2160", // long side past 3840
+            "2176x2176", // short side past 2160
+            "1024x3088", // ratio past 3:1
+            "0x1024",
+            "1024",
+            "x1024",
+            "1024x",
+            "1024x1024x1",
+            "+1024x1024",
+            "99999999999x16",
+            "１０２４x1024",
+        ] {
+            assert!(!limits.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn edits_are_for_the_gpt_image_family_and_input_fidelity_not_for_mini() {
+        assert!(!DALL_E_3.edits);
+        assert!(GPT_IMAGE.edits && GPT_IMAGE_2.edits && GPT_IMAGE_MINI.edits);
+        assert!(GPT_IMAGE.input_fidelity && !GPT_IMAGE_MINI.input_fidelity);
     }
 }

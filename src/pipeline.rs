@@ -102,7 +102,7 @@ async fn prepare<'a>(
     log.model_requested = match deployment {
         Some(id) => Some(printable(id)),
         None => (req.body.len() <= limit)
-            .then(|| operation.model_named(&req.body))
+            .then(|| operation.model_named(&req.headers, &req.body))
             .flatten()
             .map(|m| printable(&m)),
     };

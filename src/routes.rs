@@ -45,6 +45,14 @@ impl Route<'_> {
                 operation: Operation::Generation,
                 deployment: Some(_),
             } => "azure_generations",
+            Self::Image {
+                operation: Operation::Edit,
+                deployment: None,
+            } => "openai_edits",
+            Self::Image {
+                operation: Operation::Edit,
+                deployment: Some(_),
+            } => "azure_edits",
             Self::Models => "models",
             Self::Health => "health",
             Self::WrongMethod { .. } => "wrong_method",
@@ -56,30 +64,27 @@ impl Route<'_> {
 /// The route of a request: OpenAI's paths, and the Azure deployments paths
 /// (also under `/openai/openai/`, as the Azure SDKs send them).
 pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let (found, allow) = match segments.as_slice() {
-        ["", "v1", "images", "generations"] => (
-            Route::Image {
-                operation: Operation::Generation,
-                deployment: None,
-            },
-            "POST",
-        ),
-        ["", "openai", "deployments", id, "images", "generations"]
-        | ["", "openai", "openai", "deployments", id, "images", "generations"] => (
-            Route::Image {
-                operation: Operation::Generation,
-                deployment: Some(*id),
-            },
-            "POST",
-        ),
-        ["", "v1", "models"] => (Route::Models, "GET"),
-        ["", "health"] => (Route::Health, "GET"),
-        _ => return Route::NotFound,
+    let operation = |name: &str| match name {
+        "generations" => Some(Operation::Generation),
+        "edits" => Some(Operation::Edit),
+        _ => None,
     };
-    let allowed = match allow {
-        "GET" => method == Method::GET || method == Method::HEAD,
-        _ => method == Method::POST,
+    let image = |name: &str, deployment| operation(name).map(|operation| Route::Image { operation, deployment });
+    let segments: Vec<&str> = path.split('/').collect();
+    let found = match segments.as_slice() {
+        ["", "v1", "images", name] => image(name, None),
+        ["", "openai", "deployments", id, "images", name]
+        | ["", "openai", "openai", "deployments", id, "images", name] => image(name, Some(*id)),
+        ["", "v1", "models"] => Some(Route::Models),
+        ["", "health"] => Some(Route::Health),
+        _ => None,
+    };
+    let Some(found) = found else {
+        return Route::NotFound;
+    };
+    let (allow, allowed) = match found {
+        Route::Image { .. } => ("POST", method == Method::POST),
+        _ => ("GET", method == Method::GET || method == Method::HEAD),
     };
     if allowed { found } else { Route::WrongMethod { allow } }
 }
@@ -297,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_match_both_generation_paths_and_nothing_else() {
+    fn routes_match_the_generation_and_edit_paths_and_nothing_else() {
         let post = Method::POST;
         assert_eq!(route(&post, "/v1/images/generations"), generations(None));
         assert_eq!(
@@ -307,6 +312,16 @@ mod tests {
         assert_eq!(
             route(&post, "/openai/openai/deployments/img/images/generations"),
             generations(Some("img"))
+        );
+        let edits = |deployment| Route::Image {
+            operation: Operation::Edit,
+            deployment,
+        };
+        assert_eq!(route(&post, "/v1/images/edits"), edits(None));
+        assert_eq!(route(&post, "/openai/deployments/img/images/edits"), edits(Some("img")));
+        assert_eq!(
+            route(&post, "/openai/openai/deployments/img/images/edits"),
+            edits(Some("img"))
         );
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
         assert_eq!(route(&Method::GET, "/health"), Route::Health);
@@ -319,7 +334,7 @@ mod tests {
             "/",
             "",
             "/v1/images/generations/",
-            "/v1/images/edits",
+            "/v1/images/variations",
             "/openai/deployments/a/b/images/generations",
             "/openai/deployments/images/generations",
             "//v1/images/generations",

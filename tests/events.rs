@@ -14,7 +14,7 @@ fn expected_status(name: &str) -> u16 {
     match name {
         n if n.contains("bad-request") => 400,
         n if n.contains("unknown-model") || n.contains("unknown-path") => 404,
-        n if n.contains("generation") || n.contains("models") || n.contains("health") => 200,
+        n if n.contains("generation") || n.contains("edit") || n.contains("models") || n.contains("health") => 200,
         other => panic!("events/{other}: name its case so this test knows the expected status"),
     }
 }
@@ -50,7 +50,8 @@ async fn every_event_file_is_answered_as_its_case_expects() {
         assert_eq!(status, expected_status(name), "{name}: {body}");
         assert!(response.headers().contains_key("x-request-id"), "{name}");
         let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
-        if name.contains("generation") {
+        let operation = if name.contains("edit") { "edits" } else { "generations" };
+        if name.contains("generation") || name.contains("edit") {
             assert!(
                 value["data"].as_array().is_some_and(|d| !d.is_empty()),
                 "{name}: {value}"
@@ -58,7 +59,7 @@ async fn every_event_file_is_answered_as_its_case_expects() {
             let upstream = &fake.requests()[before];
             assert_eq!(
                 upstream.path,
-                format!("/openai/deployments/{GPT_DEPLOYMENT}/images/generations"),
+                format!("/openai/deployments/{GPT_DEPLOYMENT}/images/{operation}"),
                 "{name}"
             );
             assert_eq!(upstream.query, "api-version=2025-04-01-preview", "{name}");

@@ -125,7 +125,7 @@ impl OperationRequest for GenerationRequest {
             self.upstream_body(entry)
         };
         UpstreamRequest {
-            body: Bytes::from(body),
+            body: vec![Bytes::from(body)],
             content_type: HeaderValue::from_static("application/json"),
         }
     }
@@ -146,9 +146,15 @@ impl GenerationRequest {
                 describe_json_error(&e)
             ))
         })?;
-        let Value::Object(mut fields) = value else {
+        let Value::Object(fields) = value else {
             return Err(ApiError::invalid_body("The request body must be a JSON object."));
         };
+        Self::from_fields(fields)
+    }
+
+    /// The checks every model shares, on fields already read (from JSON, or
+    /// from an edit's form): `prompt` present, each known field of its schema type.
+    pub fn from_fields(mut fields: Map<String, Value>) -> Result<Self, ApiError> {
         fields.retain(|k, v| !v.is_null() || k == "prompt");
 
         let prompt = match fields.get("prompt") {
@@ -216,6 +222,16 @@ impl GenerationRequest {
         })
     }
 
+    /// Whether the client sent `field` (as anything but null).
+    pub fn has(&self, field: &str) -> bool {
+        self.fields.contains_key(field)
+    }
+
+    /// The text values of the fields, for a check that they hold no given string.
+    pub fn field_texts(&self) -> impl Iterator<Item = &str> {
+        self.fields.values().filter_map(Value::as_str)
+    }
+
     pub fn get_str(&self, field: &str) -> Option<&str> {
         self.fields.get(field).and_then(Value::as_str)
     }
@@ -273,6 +289,23 @@ impl GenerationRequest {
             match accepted {
                 Values::Any => {}
                 Values::OneOf(values) if values.contains(&value) => {}
+                Values::OneOfOrSize(values, limits) if values.contains(&value) || limits.allows(value) => {}
+                Values::OneOfOrSize(values, limits) => {
+                    return Err(ApiError::param(
+                        error::INVALID_VALUE,
+                        field,
+                        format!(
+                            "Invalid value for '{field}': '{}'. Supported values for {} are: {}, or WIDTHxHEIGHT with both sides divisible by {}, an aspect ratio from 1:{max} to {max}:1, and at most {}x{}.",
+                            crate::error::printable(value),
+                            spec.family,
+                            quoted(values),
+                            limits.multiple_of,
+                            limits.max_long,
+                            limits.max_short,
+                            max = limits.max_ratio,
+                        ),
+                    ));
+                }
                 Values::OneOf(values) => {
                     return Err(ApiError::param(
                         error::INVALID_VALUE,
@@ -335,7 +368,7 @@ impl GenerationRequest {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    fn forwarded_fields(&self, entry: &ModelEntry) -> Map<String, Value> {
+    pub(crate) fn forwarded_fields(&self, entry: &ModelEntry) -> Map<String, Value> {
         let mut body = Map::with_capacity(self.fields.len() + 1);
         for (key, value) in &self.fields {
             let skip = CONNECTOR_ONLY.contains(&key.as_str())
@@ -429,7 +462,7 @@ fn quoted(values: &[&str]) -> String {
 }
 
 /// A JSON error without the input it came from: where, and what kind.
-fn describe_json_error(e: &serde_json::Error) -> String {
+pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     let what = match e.classify() {
         Category::Io | Category::Syntax => "invalid JSON",

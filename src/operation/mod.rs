@@ -4,6 +4,7 @@
 //! is a module beside this one; the pipeline, the attempt loop and the answer
 //! shapes are shared.
 
+pub mod edit;
 pub mod generation;
 
 use bytes::Bytes;
@@ -14,12 +15,14 @@ use crate::config::ModelEntry;
 use crate::error::ApiError;
 use crate::models::ModelSpec;
 
+pub use edit::EditRequest;
 pub use generation::GenerationRequest;
 
 /// The image operations the connector serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Generation,
+    Edit,
 }
 
 /// The names of an operation's stream events.
@@ -34,12 +37,14 @@ impl Operation {
     pub fn request_type(self) -> &'static str {
         match self {
             Self::Generation => "image_generation",
+            Self::Edit => "image_edit",
         }
     }
 
     pub fn events(self) -> EventNames {
         match self {
             Self::Generation => generation::EVENTS,
+            Self::Edit => edit::EVENTS,
         }
     }
 
@@ -47,6 +52,7 @@ impl Operation {
     pub fn body_limit(self) -> usize {
         match self {
             Self::Generation => generation::MAX_BODY_BYTES,
+            Self::Edit => edit::MAX_BODY_BYTES,
         }
     }
 
@@ -54,24 +60,27 @@ impl Operation {
     pub fn url(self, entry: &ModelEntry) -> &url::Url {
         match self {
             Self::Generation => &entry.generations_url,
+            Self::Edit => &entry.edits_url,
         }
     }
 
     /// The model the body names, read before anything else is checked, so
     /// that every error can say what the client asked for.
-    pub fn model_named(self, body: &[u8]) -> Option<String> {
+    pub fn model_named(self, headers: &HeaderMap, body: &Bytes) -> Option<String> {
         match self {
             Self::Generation => generation::model_named(body),
+            Self::Edit => edit::model_named(headers, body),
         }
     }
 
     /// Parses the client's body with the checks every model shares.
-    pub fn parse(self, headers: &HeaderMap, body: &[u8]) -> Result<Box<dyn OperationRequest>, ApiError> {
+    pub fn parse(self, headers: &HeaderMap, body: &Bytes) -> Result<Box<dyn OperationRequest>, ApiError> {
         match self {
             Self::Generation => {
                 generation::check_content_type(headers)?;
                 Ok(Box::new(GenerationRequest::parse(body)?))
             }
+            Self::Edit => Ok(Box::new(EditRequest::parse(headers, body)?)),
         }
     }
 }
@@ -93,11 +102,23 @@ pub trait OperationRequest: Send + Sync {
     fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest;
 }
 
-/// A request body for Azure and its content type.
+/// A request body for Azure and its content type. The body is in pieces, so
+/// that uploaded images go upstream as slices of the client's body, never
+/// copied into a new one.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    pub body: Bytes,
+    pub body: Vec<Bytes>,
     pub content_type: HeaderValue,
+}
+
+impl UpstreamRequest {
+    pub fn len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a completed event says when the images response does not.

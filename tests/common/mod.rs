@@ -40,7 +40,12 @@ pub struct Recorded {
     pub path: String,
     pub query: String,
     pub headers: HeaderMap,
+    /// A JSON body; for a multipart body, its text fields as an object
+    /// (numbers where the text is one).
     pub body: serde_json::Value,
+    /// A multipart body's parts, in order.
+    pub form: Vec<azure_openai_image::multipart::Part>,
+    pub raw: Bytes,
 }
 
 /// What the stand-in answers.
@@ -138,11 +143,19 @@ impl FakeAzure {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let form = form_of(&parts.headers, &body);
+                            let json = if form.is_empty() {
+                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+                            } else {
+                                text_fields(&form)
+                            };
                             let recorded = Recorded {
                                 path: parts.uri.path().to_owned(),
                                 query: parts.uri.query().unwrap_or_default().to_owned(),
                                 headers: parts.headers,
-                                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                                body: json,
+                                form,
+                                raw: body,
                             };
                             let number = {
                                 let mut log = log.lock().expect("lock");
@@ -210,6 +223,97 @@ impl Drop for FakeAzure {
             task.abort();
         }
     }
+}
+
+/// A multipart body's parts; none for any other body.
+fn form_of(headers: &HeaderMap, body: &Bytes) -> Vec<azure_openai_image::multipart::Part> {
+    use azure_openai_image::multipart;
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("multipart/form-data") {
+        return Vec::new();
+    }
+    let boundary = multipart::boundary_of(content_type).expect("the connector sends a boundary");
+    multipart::parse(body, boundary).expect("the connector sends a well-formed multipart body")
+}
+
+/// A form's text fields as a JSON object, numbers as numbers.
+fn text_fields(form: &[azure_openai_image::multipart::Part]) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    for part in form.iter().filter(|p| p.filename.is_none()) {
+        let text = String::from_utf8_lossy(&part.data).into_owned();
+        let value = text
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .unwrap_or(serde_json::Value::String(text));
+        fields.insert(part.name.clone(), value);
+    }
+    serde_json::Value::Object(fields)
+}
+
+/// A PNG's header, an image data chunk and its end: enough for any reader
+/// of PNG headers, `width`x`height`, RGBA or RGB.
+pub fn png(width: u32, height: u32, alpha: bool) -> Vec<u8> {
+    fn chunk(png: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        png.extend((data.len() as u32).to_be_bytes());
+        png.extend(kind);
+        png.extend(data);
+        png.extend([0u8; 4]);
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, if alpha { 6 } else { 2 }, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// A JPEG's start and frame header, `width`x`height`.
+pub fn jpeg(width: u16, height: u16) -> Vec<u8> {
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    jpeg.extend(height.to_be_bytes());
+    jpeg.extend(width.to_be_bytes());
+    jpeg.extend([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xFF, 0xD9]);
+    jpeg
+}
+
+/// A form part: name, file name, content type, data.
+pub type FormPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A `multipart/form-data` body of `(name, filename, content type, data)`
+/// parts, and its content type, as the SDKs send one.
+pub fn form(parts: &[FormPart<'_>]) -> (String, Vec<u8>) {
+    let boundary = "----test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (name, filename, content_type, data) in parts {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(filename) = filename {
+            body.extend(format!("; filename=\"{filename}\"").as_bytes());
+        }
+        body.extend(b"\r\n");
+        if let Some(content_type) = content_type {
+            body.extend(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        body.extend(b"\r\n");
+        body.extend(*data);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A POST of a multipart body.
+pub fn post_form(path: &str, parts: &[FormPart<'_>]) -> Incoming {
+    let (content_type, body) = form(parts);
+    let mut req = post(path, "");
+    req.headers
+        .insert("content-type", content_type.parse().expect("header"));
+    req.body = Bytes::from(body);
+    req
 }
 
 /// A body that plays its parts from a task of its own.

@@ -348,3 +348,10 @@ def test_the_longest_retry_wait_reaches_the_connector(expanded):
     for given, wait in [({}, "60"), ({"MaxRetryWaitSeconds": "120"}, "120")]:
         (function,) = of_type(deploy(expanded, **given), "AWS::Lambda::Function")
         assert function["Properties"]["Environment"]["Variables"]["MAX_RETRY_WAIT_SECONDS"] == wait
+
+
+def test_the_rest_api_passes_uploads_as_binary(deployed):
+    # Without it the REST API hands a multipart edit to the function as text, mangling the image bytes.
+    _, resources = deployed
+    (rest,) = of_type(resources, "AWS::ApiGateway::RestApi")
+    assert "multipart/form-data" in rest["Properties"].get("BinaryMediaTypes", [])
