@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use azure_openai_image::Config;
 use azure_openai_image::operation::Defaults;
-use azure_openai_image::operation::GenerationRequest;
+use azure_openai_image::operation::{EditRequest, GenerationRequest, OperationRequest};
 use azure_openai_image::reshape;
 use azure_openai_image::reshape::Reshaper;
 use azure_openai_image::sse::EventParser;
@@ -109,6 +109,62 @@ fn request(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // An edit as the SDKs upload it: a 4 MB PNG, a mask and the text fields,
+    // parsed, checked and turned into Azure's multipart body.
+    let image = png_of(4_000_000, 1024, 1024, false);
+    let mask = png_of(2_000, 1024, 1024, true);
+    let boundary = "----bench-boundary-7MA4YWxkTrZu0gW";
+    let mut form = Vec::new();
+    for (name, filename, data) in [("image", Some("photo.png"), &image[..]), ("mask", Some("mask.png"), &mask[..])]
+        .into_iter()
+        .chain([
+            ("prompt", None, &b"Add a red scarf"[..]),
+            ("model", None, &b"azure-image"[..]),
+            ("size", None, &b"1024x1024"[..]),
+        ])
+    {
+        form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(filename) = filename {
+            form.extend(format!("; filename=\"{filename}\"\r\nContent-Type: application/octet-stream").as_bytes());
+        }
+        form.extend(b"\r\n\r\n");
+        form.extend(data);
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").as_bytes());
+    let form = Bytes::from(form);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        format!("multipart/form-data; boundary={boundary}").parse().expect("header"),
+    );
+    let mut group = c.benchmark_group("edit");
+    group.throughput(Throughput::Bytes(form.len() as u64));
+    group.bench_function("parse_validate_upstream_form_4mb", |b| {
+        b.iter(|| {
+            let request = EditRequest::parse(&headers, black_box(&form)).expect("valid");
+            request.validate_for(entry.spec).expect("valid");
+            request.upstream(entry, false).len()
+        })
+    });
+    group.finish();
+}
+
+/// A PNG of `len` bytes: a `width`x`height` header, then filler image data.
+fn png_of(len: usize, width: u32, height: u32, alpha: bool) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend(width.to_be_bytes());
+    png.extend(height.to_be_bytes());
+    png.extend([8, if alpha { 6 } else { 2 }, 0, 0, 0, 0, 0, 0, 0]);
+    let data = len.saturating_sub(png.len() + 24);
+    png.extend((data as u32).to_be_bytes());
+    png.extend(b"IDAT");
+    png.extend(std::iter::repeat_n(0x5a, data));
+    png.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+    png.extend(b"IEND");
+    png.extend([0, 0, 0, 0]);
+    png
 }
 
 /// Azure's event stream as a socket brings it: one 5 MB `completed` event

@@ -1,8 +1,9 @@
 """A strict stand-in for Azure OpenAI image deployments.
 
-It answers `POST /openai/deployments/{deployment}/images/generations` the way
-Azure does (shapes from ../shared/reference/azure-openai: WIRE.md and the
-2024-10-21 / 2025-04-01-preview spec examples), with real, decodable PNGs.
+It answers `POST /openai/deployments/{deployment}/images/generations` and
+`…/images/edits` the way Azure does (shapes from the 2024-10-21 and
+2025-04-01-preview inference specs and their examples), with real, decodable
+PNGs. Edits take multipart/form-data only, as Azure's edits route does.
 
 Strict: every upstream request is checked against what the connector must
 send (path, api-version, api-key, content type, body fields for the model).
@@ -181,7 +182,8 @@ class FakeAzure:
                 with fake.lock:
                     fake.requests.append(record)
                 parts = parsed.path.split("/")
-                if len(parts) != 6 or parts[:3] != ["", "openai", "deployments"] or parts[4:] != ["images", "generations"]:
+                edit = parts[4:] == ["images", "edits"]
+                if len(parts) != 6 or parts[:3] != ["", "openai", "deployments"] or not (edit or parts[4:] == ["images", "generations"]):
                     fake._violation(f"unexpected path {parsed.path}")
                     return self._error(404, {"code": "404", "message": "Resource not found"})
                 deployment = fake.deployments.get(parts[3])
@@ -194,6 +196,8 @@ class FakeAzure:
                     fake._violation("an Authorization header reached Azure")
                 if not record["api_key_ok"]:
                     return self._error(401, {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."})
+                if edit:
+                    return self._edit(raw, deployment)
                 if not (self.headers.get("Content-Type") or "").startswith("application/json"):
                     fake._violation(f"content-type {self.headers.get('Content-Type')}")
                 try:
@@ -214,7 +218,37 @@ class FakeAzure:
                     return self._stream(body)
                 return self._answer(body, deployment["model"])
 
-            def _stream(self, body: dict):
+            def _edit(self, raw: bytes, deployment: dict):
+                """Azure's edits route: multipart only; every part checked."""
+                content_type = self.headers.get("Content-Type") or ""
+                if not content_type.startswith("multipart/form-data"):
+                    fake._violation(f"an edit sent as {content_type!r}, not multipart/form-data")
+                    return self._error(400, {"code": "invalidPayload", "message": "multipart/form-data expected"})
+                if deployment["model"] not in GPT_IMAGE:
+                    fake._violation(f"an edit sent to {deployment['model']}, which has no edits on Azure")
+                    return self._error(404, {"code": "OperationNotSupported", "message": "The images edits operation does not work with the specified model."})
+                fields, files, problem = read_form(content_type, raw)
+                if problem is None:
+                    problem = check_edit(fields, files, deployment["model"])
+                record = fake.requests[-1]
+                record["body"] = {k: (v if k != "prompt" else f"<{len(v)} chars>") for k, v in fields.items()}
+                record["files"] = [(name, filename, ctype, len(data)) for name, filename, ctype, data in files]
+                if problem:
+                    fake._violation(problem)
+                    return self._error(400, {"code": "invalid_value", "message": problem, "type": "invalid_request_error", "param": None})
+                first = next(data for name, _, _, data in files if name in ("image", "image[]"))
+                if b"[not-an-image]" in first:
+                    return self._error(400, {"code": "invalid_image_format", "message": "Invalid image file.", "param": "image", "type": "invalid_request_error"})
+                body = {**fields, "n": int(fields.get("n", "1"))}
+                if "partial_images" in fields:
+                    body["partial_images"] = int(fields["partial_images"])
+                if fields.get("stream") == "true":
+                    if not deployment.get("streams", True):
+                        return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
+                    return self._stream(body, "image_edit")
+                return self._answer(body, deployment["model"])
+
+            def _stream(self, body: dict, kind: str = "image_generation"):
                 prompt, n = body["prompt"], body.get("n", 1)
                 size = body.get("size", "1024x1024")
                 size = "1024x1024" if size == "auto" else size
@@ -228,14 +262,14 @@ class FakeAzure:
                 for i in range(n):
                     for p in range(body.get("partial_images", 0)):
                         small = base64.b64encode(png(64, 64, p)).decode()
-                        self._event({"type": "image_generation.partial_image", "b64_json": small, "partial_image_index": p, **common})
+                        self._event({"type": f"{kind}.partial_image", "b64_json": small, "partial_image_index": p, **common})
                         time.sleep(0.05)
                         if "[break-stream]" in prompt:
                             self._event({"type": "error", "error": {"code": "server_error", "type": "server_error", "param": None, "message": "The server had an error while generating the image."}})
                             return self._chunk(b"")
                     image = base64.b64encode(png(width, height, i, noise="[large]" in prompt)).decode()
                     usage = {"total_tokens": 150, "input_tokens": 100, "output_tokens": 50, "input_tokens_details": {"text_tokens": 100, "image_tokens": 0}}
-                    self._event({"type": "image_generation.completed", "b64_json": image, **common, "usage": usage})
+                    self._event({"type": f"{kind}.completed", "b64_json": image, **common, "usage": usage})
                 self._chunk(b"")
 
             def _answer(self, body: dict, model: str):
@@ -298,6 +332,65 @@ class FakeAzure:
                 self._send(200, json.dumps(answer).encode())
 
         return Handler
+
+
+def read_form(content_type: str, raw: bytes) -> tuple[dict, list, str | None]:
+    """A multipart body's text fields and files `(name, filename, content type, data)`."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.default).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    if not message.is_multipart():
+        return {}, [], "the multipart body does not parse"
+    fields: dict[str, str] = {}
+    files: list[tuple[str, str | None, str, bytes]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files.append((name, part.get_filename(), part.get_content_type(), data))
+        elif name in fields:
+            return fields, files, f"field {name!r} sent twice"
+        else:
+            fields[name] = data.decode()
+    return fields, files, None
+
+
+MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8", "image/webp": b"RIFF"}
+
+
+def check_edit(fields: dict, files: list, model: str) -> str | None:
+    """What Azure's edits route would refuse, or the connector must never send."""
+    if fields.get("model") != model:
+        return f"model {fields.get('model')!r} is not the deployment's model {model!r}"
+    if not fields.get("prompt"):
+        return "prompt missing"
+    leaked = CONNECTOR_ONLY & fields.keys()
+    if leaked:
+        return f"connector-only fields reached Azure: {sorted(leaked)}"
+    if "response_format" in fields:
+        return "response_format sent to a gpt-image model"
+    if "stream" in fields and fields["stream"] != "true":
+        return f"stream={fields['stream']!r}"
+    if "partial_images" in fields and fields.get("stream") != "true":
+        return "partial_images sent without stream"
+    images = [f for f in files if f[0] in ("image", "image[]")]
+    if not 1 <= len(images) <= 16:
+        return f"{len(images)} images"
+    if len({f[0] for f in images}) != 1 or (len(images) > 1 and images[0][0] != "image[]"):
+        return "several images must all be image[]"
+    for name, filename, ctype, data in files:
+        if name not in ("image", "image[]", "mask"):
+            return f"a file in field {name!r}"
+        if not filename:
+            return f"{name} has no filename"
+        if ctype not in MAGIC or not data.startswith(MAGIC[ctype]):
+            return f"{name} declared {ctype} but is not one"
+        if name == "mask" and ctype != "image/png":
+            return "the mask is not a PNG"
+    if not 1 <= int(fields.get("n", "1")) <= 10:
+        return f"n={fields.get('n')}"
+    return None
 
 
 def check_body(body, model: str) -> str | None:
