@@ -137,8 +137,11 @@ Ctrl-C stops everything.""",
         print(f"error: the start failed: {e}", file=sys.stderr)
         return 1
     finally:
-        # Stopping takes a moment; a second Ctrl-C must not cut it short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Stopping takes a moment; a second Ctrl-C or kill must not cut it short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if stoppers:
+            print("Stopping everything this run started...", file=sys.stderr, flush=True)
         for stop in reversed(stoppers):
             stop()
         if failed or args.keep_logs:
