@@ -9,13 +9,14 @@ use http::HeaderMap;
 use crate::auth::{Caller, ClientKeys};
 use crate::azure::{AzureClient, DEADLINE_MARGIN, NoStreamMarks};
 use crate::config::{AuthMode, Config};
+use crate::credentials::{Credentials, WebIdentity};
 use crate::error::ApiError;
 use crate::observe::MetricsSink;
-use crate::secrets::{ApiKey, SecretCache, SecretSource, by_deadline};
+use crate::secrets::{SecretCache, SecretSource, by_deadline};
 
 pub struct App {
     config: Config,
-    azure_keys: SecretCache<ApiKey>,
+    credentials: Credentials,
     client_keys: SecretCache<ClientKeys>,
     azure: AzureClient,
     metrics: MetricsSink,
@@ -34,7 +35,7 @@ impl App {
             .unwrap_or(0);
         let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
         Self {
-            azure_keys: SecretCache::new(secrets.clone(), ApiKey::from_secret_value, config.secret_ttl),
+            credentials: Credentials::new(secrets.clone(), config.secret_ttl, azure.http().clone()),
             client_keys: SecretCache::new(
                 secrets,
                 move |value| ClientKeys::from_secret_value(value, &models),
@@ -62,8 +63,14 @@ impl App {
         &self.azure
     }
 
-    pub fn azure_keys(&self) -> &SecretCache<ApiKey> {
-        &self.azure_keys
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Where AWS web identity tokens come from, for entries federated into Entra ID.
+    pub fn with_web_identity(mut self, source: Arc<dyn WebIdentity>) -> Self {
+        self.credentials = self.credentials.with_web_identity(source);
+        self
     }
 
     pub fn metrics(&self) -> &MetricsSink {

@@ -12,11 +12,12 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::config::{ModelEntry, RetrySettings};
+use crate::credentials::{Credential, CredentialError, Credentials};
 use crate::error::ApiError;
 use crate::observe::AttemptRecord;
 use crate::operation::{Operation, OperationRequest, UpstreamRequest};
 use crate::reshape::Reshaper;
-use crate::secrets::{ApiKey, SecretCache, by_deadline};
+use crate::secrets::by_deadline;
 use crate::upstream::{UpstreamError, UpstreamFailure, UpstreamResponse, upstream_unavailable};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -219,7 +220,7 @@ impl AzureClient {
     /// deployment). When all fail, the primary's error, listing the attempts.
     pub async fn call<'a>(
         &self,
-        keys: &SecretCache<ApiKey>,
+        credentials: &Credentials,
         marks: &NoStreamMarks,
         mut call: Call<'a>,
         attempts: &mut Vec<AttemptRecord>,
@@ -237,7 +238,7 @@ impl AzureClient {
                 }
                 tracing::warn!(fallback = %entry.name, "trying a fallback model");
             }
-            match self.on_model(keys, marks, &call, entry, attempts).await {
+            match self.on_model(credentials, marks, &call, entry, attempts).await {
                 Ok(delivery) => return Ok((delivery, entry)),
                 Err(failure) => {
                     let go_on = failure.fallback;
@@ -265,16 +266,17 @@ impl AzureClient {
     /// last failure instead.
     async fn on_model(
         &self,
-        keys: &SecretCache<ApiKey>,
+        credentials: &Credentials,
         marks: &NoStreamMarks,
         call: &Call<'_>,
         entry: &ModelEntry,
         attempts: &mut Vec<AttemptRecord>,
     ) -> Result<Delivery, UpstreamFailure> {
         let budget = call.budget;
-        let mut key = by_deadline(budget.deadline, DEADLINE_MARGIN, keys.get(&entry.secret_id))
+        let unusable = |e: CredentialError| UpstreamFailure::fatal(e.to_api_error(&entry.name));
+        let mut key = by_deadline(budget.deadline, DEADLINE_MARGIN, credentials.get(&entry.auth))
             .await
-            .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
+            .map_err(unusable)?;
         let mut stream = call.want == Want::Events && entry.spec.always_b64 && !marks.is_marked(entry);
         let mut upstream = call.request.upstream(entry, stream);
         let url = call.operation.url(entry);
@@ -301,10 +303,10 @@ impl AzureClient {
                     rotated = true;
                     record.outcome = "key_rejected".into();
                     attempts.push(record);
-                    tracing::warn!(model = %entry.name, "Azure refused the cached key; fetching it again");
-                    key = by_deadline(budget.deadline, DEADLINE_MARGIN, keys.refresh(&entry.secret_id, &key))
+                    tracing::warn!(model = %entry.name, "Azure refused the cached key or token; fetching it again");
+                    key = by_deadline(budget.deadline, DEADLINE_MARGIN, credentials.refresh(&entry.auth, &key))
                         .await
-                        .map_err(|e| UpstreamFailure::fatal(e.to_api_error("its Azure key")))?;
+                        .map_err(unusable)?;
                     waited = Duration::ZERO;
                     continue;
                 }
@@ -368,16 +370,17 @@ impl AzureClient {
     async fn send(
         &self,
         url: &url::Url,
-        key: &ApiKey,
+        credential: &Credential,
         upstream: &UpstreamRequest,
         accept: HeaderValue,
         until: Instant,
     ) -> Result<Result<reqwest::Response, UpstreamResponse>, UpstreamError> {
         let attempt = async {
-            let response = self
-                .http
-                .post(url.clone())
-                .header("api-key", key.expose())
+            let mut request = self.http.post(url.clone());
+            if let Some((name, value)) = credential.header() {
+                request = request.header(name, value);
+            }
+            let response = request
                 .header(CONTENT_TYPE, upstream.content_type.clone())
                 .header(ACCEPT, accept)
                 .body(upstream_body(upstream))

@@ -22,6 +22,14 @@ pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 pub const RESPONSE_MODE: &str = "RESPONSE_MODE";
 pub const MAX_RETRY_WAIT_SECONDS: &str = "MAX_RETRY_WAIT_SECONDS";
 pub const HTTP_API_TIMEOUT_MS: &str = "HTTP_API_TIMEOUT_MS";
+/// As the Azure SDKs name it: where Entra ID's token endpoint lives.
+pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+
+const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// The scope of a token for Azure OpenAI (Cognitive Services).
+pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// The audience of an AWS web identity token that Entra ID's workload identity federation accepts.
+pub const DEFAULT_FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u32 = 2;
@@ -86,16 +94,70 @@ pub struct ModelEntry {
     pub name: String,
     /// The Azure model behind the deployment; decides validation.
     pub model: String,
-    /// The deployment segment of `baseURL`.
+    /// The deployment's name: the last segment of a deployments `baseURL`,
+    /// or the entry's `deployment` on the v1 surface.
     pub deployment: String,
-    pub api_version: String,
+    /// `None` on the v1 surface when the entry sets none.
+    pub api_version: Option<String>,
+    pub surface: Surface,
     /// The full upstream URLs, built once here: nothing from a request goes into them.
     pub generations_url: Url,
     pub edits_url: Url,
-    pub secret_id: String,
+    /// How the connector proves itself to Azure.
+    pub auth: UpstreamAuth,
     pub spec: &'static ModelSpec,
     /// Configured names to try, in order, when this model fails with a retryable error.
     pub fallbacks: Vec<String>,
+}
+
+/// Which of Azure's API surfaces an entry calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `…/openai/deployments/{deployment}/images/…?api-version=`: the body's
+    /// `model` is the Azure model.
+    Deployments,
+    /// `…/openai/v1/images/…`: the deployment is named by the body's `model`.
+    V1,
+}
+
+impl ModelEntry {
+    /// What the body's `model` says to Azure: the model on the deployments
+    /// surface, the deployment on the v1 surface.
+    pub fn upstream_model(&self) -> &str {
+        match self.surface {
+            Surface::Deployments => &self.model,
+            Surface::V1 => &self.deployment,
+        }
+    }
+}
+
+/// How an entry authenticates to Azure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// An `api-key` from this Secrets Manager secret.
+    ApiKey { secret_id: String },
+    /// `Authorization: Bearer` with a Microsoft Entra ID token.
+    Entra(EntraAuth),
+}
+
+/// An Entra ID app (or managed identity) and how the connector proves it is that app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraAuth {
+    /// `{authority}/{tenant}/oauth2/v2.0/token`, built once here.
+    pub token_url: Url,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub credential: EntraCredential,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntraCredential {
+    /// A client secret, kept in this Secrets Manager secret.
+    ClientSecret { secret_id: String },
+    /// No stored secret: the function's AWS role, federated into Entra with a
+    /// web identity token from STS (`GetWebIdentityToken`) for `audience`.
+    AwsFederation { audience: String },
 }
 
 /// The upstream URL names the Azure resource: kept out of anything printed.
@@ -106,6 +168,8 @@ impl fmt::Debug for ModelEntry {
             .field("model", &self.model)
             .field("deployment", &self.deployment)
             .field("api_version", &self.api_version)
+            .field("surface", &self.surface)
+            .field("auth", &self.auth)
             .field("spec", &self.spec.family)
             .field("fallbacks", &self.fallbacks)
             .finish_non_exhaustive()
@@ -140,12 +204,42 @@ struct RawEntry {
     model: String,
     #[serde(rename = "baseURL")]
     base_url: String,
-    #[serde(rename = "apiVersion")]
-    api_version: String,
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
     #[serde(rename = "apiKeySecretId", default)]
     api_key_secret_id: Option<String>,
+    /// The deployment's name, on the v1 surface.
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
     #[serde(default)]
     fallbacks: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+enum RawAuth {
+    #[serde(rename = "api-key")]
+    ApiKey {
+        #[serde(rename = "secretId")]
+        secret_id: String,
+    },
+    #[serde(rename = "entra")]
+    Entra {
+        #[serde(rename = "tenantId")]
+        tenant_id: String,
+        #[serde(rename = "clientId")]
+        client_id: String,
+        #[serde(rename = "clientSecretSecretId", default)]
+        client_secret_secret_id: Option<String>,
+        #[serde(default)]
+        federation: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+        #[serde(default)]
+        scope: Option<String>,
+    },
 }
 
 impl Config {
@@ -169,6 +263,19 @@ impl Config {
                 .map_or(DEFAULT_MAX_RETRY_WAIT, Duration::from_secs),
         };
         let http_api_timeout = whole_number(&lookup, HTTP_API_TIMEOUT_MS, 50..=30_000)?.map(Duration::from_millis);
+        let authority = lookup(AZURE_AUTHORITY_HOST)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_owned());
+        let authority = checked_url(&authority)
+            .ok()
+            .filter(|url| url.query().is_none() && url.fragment().is_none())
+            .ok_or_else(|| {
+                problem(
+                    AZURE_AUTHORITY_HOST,
+                    format!("`{authority}` is not an https URL (http only for this machine)"),
+                )
+            })?;
         let metrics_namespace = match lookup(METRICS_NAMESPACE).map(|v| v.trim().to_owned()) {
             None => DEFAULT_METRICS_NAMESPACE.to_owned(),
             Some(ns)
@@ -221,7 +328,7 @@ impl Config {
         let mut names = HashSet::new();
         let mut models = Vec::with_capacity(entries.len());
         for (i, raw) in entries.into_iter().enumerate() {
-            let entry = ModelEntry::from_raw(raw, default_secret.as_deref())
+            let entry = ModelEntry::from_raw(raw, default_secret.as_deref(), &authority)
                 .map_err(|p| problem(IMAGE_MODELS, format!("entry {i}: {p}")))?;
             if !names.insert(entry.name.clone()) {
                 return Err(problem(
@@ -292,7 +399,7 @@ fn whole_number(
 }
 
 impl ModelEntry {
-    fn from_raw(raw: RawEntry, default_secret: Option<&str>) -> Result<Self, String> {
+    fn from_raw(raw: RawEntry, default_secret: Option<&str>, authority: &Url) -> Result<Self, String> {
         let name = raw.name.trim().to_owned();
         if name.is_empty() || !name.chars().all(is_id_char) {
             return Err(format!(
@@ -304,39 +411,141 @@ impl ModelEntry {
         if model.is_empty() {
             return Err(format!("`{name}`: model must not be empty"));
         }
-        let api_version = raw.api_version.trim().to_owned();
-        if api_version.is_empty()
-            || !api_version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        let api_version = raw.api_version.map(|v| v.trim().to_owned());
+        if let Some(version) = &api_version
+            && (version.is_empty()
+                || !version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
         {
-            return Err(format!(
-                "`{name}`: apiVersion `{}` is not an Azure api-version",
-                raw.api_version
-            ));
+            return Err(format!("`{name}`: apiVersion `{version}` is not an Azure api-version"));
         }
-        let (generations_url, deployment) =
-            operation_url(&raw.base_url, "generations", &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
-        let (edits_url, _) =
-            operation_url(&raw.base_url, "edits", &api_version).map_err(|p| format!("`{name}`: baseURL {p}"))?;
-        let secret_id = raw
-            .api_key_secret_id
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .or_else(|| default_secret.map(str::to_owned))
-            .ok_or_else(|| format!("`{name}`: has no apiKeySecretId and {AZURE_API_KEY_SECRET_ID} is not set"))?;
+        let base = checked_url(&raw.base_url).map_err(|p| format!("`{name}`: baseURL {p}"))?;
+        let segments: Vec<&str> = base.path().trim_end_matches('/').split('/').skip(1).collect();
+        let (surface, deployment) = match segments.as_slice() {
+            [.., "openai", "deployments", deployment]
+                if !deployment.is_empty() && deployment.chars().all(is_id_char) =>
+            {
+                if raw.deployment.is_some() {
+                    return Err(format!(
+                        "`{name}`: `deployment` is for the v1 surface; a deployments baseURL names it already"
+                    ));
+                }
+                if api_version.is_none() {
+                    return Err(format!("`{name}`: apiVersion is required with a deployments baseURL"));
+                }
+                (Surface::Deployments, (*deployment).to_owned())
+            }
+            [.., "openai", "v1"] => {
+                let deployment = raw
+                    .deployment
+                    .map(|d| d.trim().to_owned())
+                    .filter(|d| !d.is_empty() && d.chars().all(is_id_char))
+                    .ok_or_else(|| {
+                        format!("`{name}`: a v1 baseURL needs `deployment`, the deployment's name (sent as the body's model)")
+                    })?;
+                (Surface::V1, deployment)
+            }
+            _ => {
+                return Err(format!(
+                    "`{name}`: baseURL must end in /openai/deployments/<deployment> or /openai/v1"
+                ));
+            }
+        };
+        let url_for = |operation: &str| {
+            let mut target = base.clone();
+            target.set_path(&format!("{}/images/{operation}", base.path().trim_end_matches('/')));
+            if let Some(version) = &api_version {
+                target.query_pairs_mut().append_pair("api-version", version);
+            }
+            target
+        };
+        let auth = upstream_auth(raw.auth, raw.api_key_secret_id, default_secret, authority)
+            .map_err(|p| format!("`{name}`: {p}"))?;
         let spec = ModelSpec::for_model(&model);
+        let (generations_url, edits_url) = (url_for("generations"), url_for("edits"));
         Ok(Self {
             name,
             model,
             deployment,
             api_version,
+            surface,
             generations_url,
             edits_url,
-            secret_id,
+            auth,
             spec,
             fallbacks: raw.fallbacks,
         })
+    }
+}
+
+/// An entry's `auth`, or its `apiKeySecretId`, or the default key secret.
+fn upstream_auth(
+    auth: Option<RawAuth>,
+    api_key_secret_id: Option<String>,
+    default_secret: Option<&str>,
+    authority: &Url,
+) -> Result<UpstreamAuth, String> {
+    let trimmed = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    if auth.is_some() && api_key_secret_id.is_some() {
+        return Err("set `auth` or `apiKeySecretId`, not both".into());
+    }
+    match auth {
+        Some(RawAuth::ApiKey { secret_id }) => trimmed(secret_id)
+            .map(|secret_id| UpstreamAuth::ApiKey { secret_id })
+            .ok_or_else(|| "auth.secretId must not be empty".into()),
+        Some(RawAuth::Entra {
+            tenant_id,
+            client_id,
+            client_secret_secret_id,
+            federation,
+            audience,
+            scope,
+        }) => {
+            let tenant_id = tenant_id.trim().to_owned();
+            if tenant_id.is_empty()
+                || !tenant_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                return Err(format!("auth.tenantId `{tenant_id}` is not a tenant id or domain"));
+            }
+            let client_id = trimmed(client_id).ok_or("auth.clientId must not be empty")?;
+            let credential = match (client_secret_secret_id.and_then(trimmed), federation.as_deref()) {
+                (Some(secret_id), None) => {
+                    if audience.is_some() {
+                        return Err("auth.audience is for `federation`".into());
+                    }
+                    EntraCredential::ClientSecret { secret_id }
+                }
+                (None, Some("aws")) => EntraCredential::AwsFederation {
+                    audience: audience
+                        .and_then(trimmed)
+                        .unwrap_or_else(|| DEFAULT_FEDERATION_AUDIENCE.to_owned()),
+                },
+                (None, Some(other)) => return Err(format!("auth.federation `{other}` is not `aws`")),
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err("an entra auth needs exactly one of `clientSecretSecretId` and `federation`".into());
+                }
+            };
+            let mut token_url = authority.clone();
+            token_url.set_path(&format!(
+                "{}/{tenant_id}/oauth2/v2.0/token",
+                authority.path().trim_end_matches('/')
+            ));
+            Ok(UpstreamAuth::Entra(EntraAuth {
+                token_url,
+                tenant_id,
+                client_id,
+                scope: scope.and_then(trimmed).unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
+                credential,
+            }))
+        }
+        None => api_key_secret_id
+            .and_then(trimmed)
+            .or_else(|| default_secret.map(str::to_owned))
+            .map(|secret_id| UpstreamAuth::ApiKey { secret_id })
+            .ok_or_else(|| format!("has no apiKeySecretId and {AZURE_API_KEY_SECRET_ID} is not set")),
     }
 }
 
@@ -344,31 +553,20 @@ fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
 
-/// `{baseURL}/images/{operation}?api-version={v}`, after checking that
-/// `baseURL` is an Azure deployment URL (`…/openai/deployments/<deployment>`).
-fn operation_url(base_url: &str, operation: &str, api_version: &str) -> Result<(Url, String), String> {
-    let url = Url::parse(base_url.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+/// An https URL (http only to this machine: the stand-ins of tests and the
+/// run command) without query, fragment or credentials.
+fn checked_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match url.scheme() {
         "https" => {}
-        // Plain HTTP only to this machine: a local Azure stand-in in tests and the run command.
         "http" if loopback => {}
         other => return Err(format!("must use https, not {other}")),
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry a query, a fragment or credentials".into());
     }
-    let segments: Vec<&str> = url.path().trim_end_matches('/').split('/').skip(1).collect();
-    let deployment = match segments.as_slice() {
-        [.., "openai", "deployments", deployment] if deployment.chars().all(is_id_char) && !deployment.is_empty() => {
-            (*deployment).to_owned()
-        }
-        _ => return Err("must end in /openai/deployments/<deployment>".into()),
-    };
-    let mut target = url.clone();
-    target.set_path(&format!("{}/images/{operation}", url.path().trim_end_matches('/')));
-    target.query_pairs_mut().append_pair("api-version", api_version);
-    Ok((target, deployment))
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -396,7 +594,12 @@ mod tests {
             "https://res.openai.azure.com/openai/deployments/img1/images/edits?api-version=2025-04-01-preview"
         );
         assert_eq!(m.deployment, "img1");
-        assert_eq!(m.secret_id, "azure-key");
+        assert_eq!(
+            m.auth,
+            UpstreamAuth::ApiKey {
+                secret_id: "azure-key".into()
+            }
+        );
         assert_eq!(cfg.secret_ttl, Duration::from_secs(300));
     }
 
@@ -404,7 +607,12 @@ mod tests {
     fn an_entry_secret_overrides_the_default() {
         let models = r#"[{"name":"a","model":"dall-e-3","baseURL":"https://r.openai.azure.com/openai/deployments/d3","apiVersion":"2024-10-21","apiKeySecretId":"other"}]"#;
         let cfg = config(&[(IMAGE_MODELS, models)]).expect("valid");
-        assert_eq!(cfg.models[0].secret_id, "other");
+        assert_eq!(
+            cfg.models[0].auth,
+            UpstreamAuth::ApiKey {
+                secret_id: "other".into()
+            }
+        );
     }
 
     #[test]
@@ -430,6 +638,11 @@ mod tests {
         assert_eq!(err.variable, SECRET_CACHE_TTL_SECONDS);
     }
 
+    fn entry(fields: &str) -> Result<ModelEntry, ConfigError> {
+        let models = format!(r#"[{{"name":"img","model":"gpt-image-1",{fields}}}]"#);
+        config(&[(IMAGE_MODELS, &models), (AZURE_API_KEY_SECRET_ID, "k")]).map(|c| c.models[0].clone())
+    }
+
     #[test]
     fn base_urls_must_be_azure_deployment_urls_over_https() {
         for bad in [
@@ -439,9 +652,117 @@ mod tests {
             "https://user:pw@res.openai.azure.com/openai/deployments/d",
             "not a url",
         ] {
-            assert!(operation_url(bad, "generations", "2024-10-21").is_err(), "{bad}");
+            assert!(
+                entry(&format!(r#""baseURL":"{bad}","apiVersion":"2024-10-21""#)).is_err(),
+                "{bad}"
+            );
         }
-        assert!(operation_url("http://127.0.0.1:8000/openai/deployments/d", "generations", "v").is_ok());
+        assert!(entry(r#""baseURL":"http://127.0.0.1:8000/openai/deployments/d","apiVersion":"v""#).is_ok());
+        assert!(
+            entry(r#""baseURL":"https://r.openai.azure.com/openai/deployments/d""#).is_err(),
+            "the deployments surface needs an api-version"
+        );
+    }
+
+    #[test]
+    fn the_v1_surface_names_the_deployment_in_the_body_and_sends_an_api_version_only_when_set() {
+        let v1 = entry(r#""baseURL":"https://r.openai.azure.com/openai/v1","deployment":"img-prod""#).expect("valid");
+        assert_eq!(v1.surface, Surface::V1);
+        assert_eq!(
+            v1.generations_url.as_str(),
+            "https://r.openai.azure.com/openai/v1/images/generations"
+        );
+        assert_eq!(
+            v1.edits_url.as_str(),
+            "https://r.openai.azure.com/openai/v1/images/edits"
+        );
+        assert_eq!(v1.upstream_model(), "img-prod");
+        let preview =
+            entry(r#""baseURL":"https://r.services.ai.azure.com/openai/v1/","deployment":"d","apiVersion":"preview""#)
+                .expect("valid");
+        assert_eq!(
+            preview.generations_url.as_str(),
+            "https://r.services.ai.azure.com/openai/v1/images/generations?api-version=preview"
+        );
+        assert!(
+            entry(r#""baseURL":"https://r.openai.azure.com/openai/v1""#).is_err(),
+            "needs deployment"
+        );
+        let deployments =
+            entry(r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v""#).expect("valid");
+        assert_eq!(deployments.upstream_model(), "gpt-image-1");
+        assert!(
+            entry(r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v","deployment":"x""#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn each_entry_chooses_how_it_authenticates() {
+        const BASE: &str = r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v""#;
+        let key = entry(&format!(r#"{BASE},"auth":{{"type":"api-key","secretId":"mine"}}"#)).expect("valid");
+        assert_eq!(
+            key.auth,
+            UpstreamAuth::ApiKey {
+                secret_id: "mine".into()
+            }
+        );
+        let secret = entry(&format!(
+            r#"{BASE},"auth":{{"type":"entra","tenantId":"contoso.onmicrosoft.com","clientId":"c1","clientSecretSecretId":"cs"}}"#
+        ))
+        .expect("valid");
+        let UpstreamAuth::Entra(entra) = secret.auth else {
+            panic!("entra")
+        };
+        assert_eq!(
+            entra.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(entra.scope, DEFAULT_SCOPE);
+        assert_eq!(
+            entra.credential,
+            EntraCredential::ClientSecret { secret_id: "cs".into() }
+        );
+        let federated = entry(&format!(
+            r#"{BASE},"auth":{{"type":"entra","tenantId":"t","clientId":"c","federation":"aws","scope":"api://x/.default"}}"#
+        ))
+        .expect("valid");
+        let UpstreamAuth::Entra(entra) = federated.auth else {
+            panic!("entra")
+        };
+        assert_eq!(
+            entra.credential,
+            EntraCredential::AwsFederation {
+                audience: DEFAULT_FEDERATION_AUDIENCE.into()
+            }
+        );
+        assert_eq!(entra.scope, "api://x/.default");
+        for bad in [
+            r#""auth":{"type":"entra","tenantId":"t","clientId":"c"}"#,
+            r#""auth":{"type":"entra","tenantId":"t","clientId":"c","federation":"gcp"}"#,
+            r#""auth":{"type":"entra","tenantId":"t","clientId":"c","clientSecretSecretId":"s","federation":"aws"}"#,
+            r#""auth":{"type":"entra","tenantId":"t/../x","clientId":"c","federation":"aws"}"#,
+            r#""auth":{"type":"entra","tenantId":"t","clientId":"c","federation":"aws","secret":"x"}"#,
+            r#""auth":{"type":"oauth"}"#,
+            r#""auth":{"type":"api-key","secretId":"a"},"apiKeySecretId":"b""#,
+        ] {
+            assert!(entry(&format!("{BASE},{bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_authority_host_is_https_or_this_machine() {
+        let models = r#"[{"name":"img","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v","auth":{"type":"entra","tenantId":"t","clientId":"c","federation":"aws"}}]"#;
+        let with = |host: &str| config(&[(IMAGE_MODELS, models), (AZURE_AUTHORITY_HOST, host)]);
+        let local = with("http://127.0.0.1:7001").expect("loopback");
+        let UpstreamAuth::Entra(entra) = &local.models[0].auth else {
+            panic!("entra")
+        };
+        assert_eq!(entra.token_url.as_str(), "http://127.0.0.1:7001/t/oauth2/v2.0/token");
+        assert_eq!(
+            with("http://login.example.com").expect_err("plain http").variable,
+            AZURE_AUTHORITY_HOST
+        );
     }
 
     #[test]

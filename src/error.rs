@@ -84,6 +84,10 @@ errors! {
     INTERNAL_ERROR = 500 SERVER_ERROR "internal_error";
     SECRET_MISCONFIGURED = 500 SERVER_ERROR "secret_misconfigured";
     SECRETS_UNAVAILABLE = 503 SERVER_ERROR "secrets_unavailable";
+    /// Microsoft Entra ID or AWS STS unreachable or throttling.
+    CREDENTIALS_UNAVAILABLE = 503 SERVER_ERROR "credentials_unavailable";
+    /// Entra ID or STS refused the connector's credentials.
+    UPSTREAM_AUTH_MISCONFIGURED = 500 SERVER_ERROR "upstream_auth_misconfigured";
 }
 
 /// A failure that reaches the client: the status, the OpenAI error fields and
@@ -244,6 +248,25 @@ impl ApiError {
             format!("The connector could not read {what} from AWS Secrets Manager. Please retry shortly."),
         )
         .with_retry_after(Some(Duration::from_secs(1)))
+    }
+
+    /// Entra ID or STS is down or throttling: worth a retry shortly.
+    pub fn credentials_unavailable(service: &str) -> Self {
+        Self::new(
+            CREDENTIALS_UNAVAILABLE,
+            format!("The connector could not get its Azure credentials from {service}. Please retry shortly."),
+        )
+        .with_retry_after(Some(Duration::from_secs(1)))
+    }
+
+    /// Entra ID or STS refused the credentials configured for `model`.
+    pub fn upstream_auth_misconfigured(model: &str) -> Self {
+        Self::new(
+            UPSTREAM_AUTH_MISCONFIGURED,
+            format!(
+                "The connector's credentials for model `{model}` were refused by Microsoft Entra ID or AWS STS. The operator must check the entry's auth settings."
+            ),
+        )
     }
 
     /// The operator must act: `what` names the secret for people, never its id or value.

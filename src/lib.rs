@@ -32,6 +32,8 @@ pub mod aws_http;
 #[cfg(feature = "runtime")]
 pub mod azure;
 #[cfg(feature = "runtime")]
+pub mod credentials;
+#[cfg(feature = "runtime")]
 pub mod exchange;
 #[cfg(feature = "runtime")]
 pub mod front;
@@ -74,5 +76,6 @@ pub async fn build_app(config: Config) -> Result<App, String> {
         .load()
         .await;
     let source = secrets::SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws));
-    Ok(App::new(config, std::sync::Arc::new(source), azure))
+    let sts = credentials::StsWebIdentity::new(aws_sdk_sts::Client::new(&aws));
+    Ok(App::new(config, std::sync::Arc::new(source), azure).with_web_identity(std::sync::Arc::new(sts)))
 }

@@ -67,7 +67,7 @@ pub(crate) async fn serve(
     let call = plan.call(budget, Want::Images { commit_after }, req.response_limit);
     let (delivery, served) = app
         .azure()
-        .call(app.azure_keys(), app.no_stream(), call, &mut log.attempts)
+        .call(app.credentials(), app.no_stream(), call, &mut log.attempts)
         .await?;
     log.served_by(served);
     match delivery {

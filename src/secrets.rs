@@ -83,20 +83,18 @@ impl SecretError {
 /// A secret fetch bounded by the request's deadline (less the time kept to
 /// answer), not only by the SDK's own timeouts: past it, Secrets Manager
 /// counts as unavailable.
-pub async fn by_deadline<T>(
+pub async fn by_deadline<T, E: From<SecretError>>(
     deadline: Option<std::time::Instant>,
     margin: Duration,
-    fetch: impl Future<Output = Result<T, SecretError>>,
-) -> Result<T, SecretError> {
+    fetch: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     let Some(deadline) = deadline else {
         return fetch.await;
     };
     let until = deadline.checked_sub(margin).unwrap_or(deadline);
-    tokio::time::timeout_at(until.into(), fetch).await.unwrap_or_else(|_| {
-        Err(SecretError::Unavailable(
-            "no answer before the request's deadline".into(),
-        ))
-    })
+    tokio::time::timeout_at(until.into(), fetch)
+        .await
+        .unwrap_or_else(|_| Err(SecretError::Unavailable("no answer before the request's deadline".into()).into()))
 }
 
 pub type SecretFuture<'a> = Pin<Box<dyn Future<Output = Result<String, SecretError>> + Send + 'a>>;

@@ -37,7 +37,7 @@ pub(crate) async fn answer(app: &App, call: Call<'_>, log: &mut RequestLog) -> R
     let (operation, request) = (call.operation, call.request);
     let (delivery, served) = app
         .azure()
-        .call(app.azure_keys(), app.no_stream(), call, &mut log.attempts)
+        .call(app.credentials(), app.no_stream(), call, &mut log.attempts)
         .await?;
     log.served_by(served);
     let names = operation.events();

@@ -379,7 +379,7 @@ impl GenerationRequest {
                 body.insert(key.clone(), value.clone());
             }
         }
-        body.insert("model".into(), Value::String(entry.model.clone()));
+        body.insert("model".into(), Value::String(entry.upstream_model().to_owned()));
         body
     }
 }
