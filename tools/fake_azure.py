@@ -84,6 +84,8 @@ class FakeAzure:
     def __init__(self, deployments: dict[str, dict], keys: list[str], host: str = "127.0.0.1", port: int = 0):
         self.deployments = deployments
         self.keys = list(keys)
+        # Entra ID access tokens accepted as `Authorization: Bearer`.
+        self.tokens: list[str] = []
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.violations: list[str] = []
@@ -122,6 +124,10 @@ class FakeAzure:
     def set_keys(self, keys: list[str]) -> None:
         with self.lock:
             self.keys = list(keys)
+
+    def set_tokens(self, tokens: list[str]) -> None:
+        with self.lock:
+            self.tokens = list(tokens)
 
     def _violation(self, message: str) -> None:
         with self.lock:
@@ -172,30 +178,58 @@ class FakeAzure:
                 raw = self.rfile.read(length)
                 parsed = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parsed.query)
+                bearer = self.headers.get("Authorization") or ""
                 record = {
                     "path": parsed.path,
                     "query": query,
-                    "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() != "api-key"},
+                    "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("api-key", "authorization")},
                     "api_key_ok": self.headers.get("api-key") in fake.keys,
+                    "bearer": bearer.startswith("Bearer "),
+                    "bearer_ok": bearer.startswith("Bearer ") and bearer[len("Bearer "):] in fake.tokens,
                     "body": None,
                 }
                 with fake.lock:
                     fake.requests.append(record)
                 parts = parsed.path.split("/")
-                edit = parts[4:] == ["images", "edits"]
-                if len(parts) != 6 or parts[:3] != ["", "openai", "deployments"] or not (edit or parts[4:] == ["images", "generations"]):
-                    fake._violation(f"unexpected path {parsed.path}")
-                    return self._error(404, {"code": "404", "message": "Resource not found"})
-                deployment = fake.deployments.get(parts[3])
-                if deployment is None:
-                    return self._error(404, {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."})
-                if query.get("api-version") != [deployment["api_version"]]:
-                    fake._violation(f"api-version {query.get('api-version')} != {deployment['api_version']}")
-                    return self._error(404, {"code": "404", "message": "Resource not found"})
-                if "authorization" in record["headers"]:
-                    fake._violation("an Authorization header reached Azure")
-                if not record["api_key_ok"]:
-                    return self._error(401, {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."})
+                v1 = parts[:3] == ["", "openai", "v1"] and len(parts) == 5 and parts[3] == "images"
+                operation = parts[4] if v1 else (parts[5] if len(parts) == 6 else None)
+                edit = operation == "edits"
+                if v1:
+                    # The v1 surface names the deployment in the body's `model`.
+                    try:
+                        named = json.loads(raw).get("model") if not edit else None
+                    except ValueError:
+                        named = None
+                    deployment = fake.deployments.get(named or "")
+                    if deployment is None or deployment.get("surface") != "v1":
+                        fake._violation(f"v1 request for unknown deployment {named!r}")
+                        return self._error(404, {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."})
+                    expected_version = [deployment["api_version"]] if deployment.get("api_version") else None
+                    if query.get("api-version") != expected_version:
+                        fake._violation(f"v1 api-version {query.get('api-version')} != {expected_version}")
+                else:
+                    if len(parts) != 6 or parts[:3] != ["", "openai", "deployments"] or operation not in ("generations", "edits"):
+                        fake._violation(f"unexpected path {parsed.path}")
+                        return self._error(404, {"code": "404", "message": "Resource not found"})
+                    deployment = fake.deployments.get(parts[3])
+                    if deployment is None:
+                        return self._error(404, {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."})
+                    if query.get("api-version") != [deployment["api_version"]]:
+                        fake._violation(f"api-version {query.get('api-version')} != {deployment['api_version']}")
+                        return self._error(404, {"code": "404", "message": "Resource not found"})
+                if deployment.get("auth") == "entra":
+                    # disableLocalAuth: only Entra ID tokens.
+                    if self.headers.get("api-key") is not None:
+                        fake._violation("an api-key reached an Entra-only resource")
+                    if not record["bearer_ok"]:
+                        return self._error(401, {"code": "401", "message": "Access denied due to invalid token or wrong API endpoint."})
+                else:
+                    if record["bearer"]:
+                        fake._violation("an Authorization header reached Azure")
+                    if not record["api_key_ok"]:
+                        return self._error(401, {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."})
+                if v1:
+                    deployment = {**deployment, "model_in_body": named}
                 if edit:
                     return self._edit(raw, deployment)
                 if not (self.headers.get("Content-Type") or "").startswith("application/json"):
@@ -206,7 +240,7 @@ class FakeAzure:
                     fake._violation("body is not JSON")
                     return self._error(400, {"code": "invalidPayload", "message": "not JSON"})
                 record["body"] = {k: (v if k != "prompt" else f"<{len(v)} chars>") for k, v in body.items()}
-                problem = check_body(body, deployment["model"])
+                problem = check_body(body, deployment["model"], deployment.get("model_in_body"))
                 if problem:
                     fake._violation(problem)
                     return self._error(400, {"code": "invalid_value", "message": problem, "type": "invalid_request_error", "param": None})
@@ -393,12 +427,13 @@ def check_edit(fields: dict, files: list, model: str) -> str | None:
     return None
 
 
-def check_body(body, model: str) -> str | None:
-    """What Azure would refuse, or the connector must never send."""
+def check_body(body, model: str, model_in_body: str | None = None) -> str | None:
+    """What Azure would refuse, or the connector must never send. On the v1
+    surface the body's `model` names the deployment instead of the model."""
     if not isinstance(body, dict):
         return "body is not an object"
-    if body.get("model") != model:
-        return f"model {body.get('model')!r} is not the deployment's model {model!r}"
+    if body.get("model") != (model_in_body or model):
+        return f"model {body.get('model')!r} is not {model_in_body or model!r}"
     if not isinstance(body.get("prompt"), str) or not body["prompt"]:
         return "prompt missing"
     leaked = CONNECTOR_ONLY & body.keys()
