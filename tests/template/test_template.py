@@ -160,6 +160,17 @@ DECRYPT_WITH_THE_KEY = {
     "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}},
 }
 
+FEDERATE_INTO_ENTRA = {
+    "Sid": "FederateIntoEntraIdOnly",
+    "Effect": "Allow",
+    "Action": "sts:GetWebIdentityToken",
+    "Resource": "*",
+    "Condition": {
+        "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": "api://AzureADTokenExchange"},
+        "NumericLessThanEquals": {"sts:DurationSeconds": 300},
+    },
+}
+
 # Every permission the function's role holds, per deployment: the README's role
 # description says the same. A new permission fails here until it is listed.
 LAMBDA_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
@@ -173,6 +184,10 @@ ROLE_CASES = {
     "aws-iam, extra secrets, kms key": (
         {**MODES["aws-iam"], "ExtraSecretArns": EXTRA_ARN, "KmsKeyArn": KMS_KEY_ARN},
         [read_secrets(SECRET_ARN, EXTRA_ARN), DECRYPT_WITH_THE_KEY],
+    ),
+    "entra federation": (
+        {**MODES["client-keys"], "EntraFederationAudience": "api://AzureADTokenExchange"},
+        [read_secrets(SECRET_ARN, CLIENT_KEYS_ARN), FEDERATE_INTO_ENTRA],
     ),
 }
 
@@ -198,7 +213,8 @@ def test_the_role_holds_exactly_the_listed_permissions(expanded, case):
 def test_the_readme_names_every_permission_of_the_role():
     deploy_section = (ROOT / "README.md").read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
     for name in ["AWSLambdaBasicExecutionRole", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-                 "secretsmanager:GetSecretValue", "kms:Decrypt", "kms:ViaService"]:
+                 "secretsmanager:GetSecretValue", "kms:Decrypt", "kms:ViaService",
+                 "sts:GetWebIdentityToken", "sts:IdentityTokenAudience"]:
         assert name in deploy_section, name
 
 
