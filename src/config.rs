@@ -10,6 +10,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::models::ModelSpec;
+use crate::pricing::{self, CachedInput, Prices};
 
 pub const IMAGE_MODELS: &str = "IMAGE_MODELS";
 pub const AZURE_API_KEY_SECRET_ID: &str = "AZURE_API_KEY_SECRET_ID";
@@ -108,6 +109,8 @@ pub struct ModelEntry {
     pub spec: &'static ModelSpec,
     /// Configured names to try, in order, when this model fails with a retryable error.
     pub fallbacks: Vec<String>,
+    /// The entry's `"pricing"`, else the model's list prices; `None`: its cost is unknown.
+    pub prices: Option<Prices>,
 }
 
 /// Which of Azure's API surfaces an entry calls.
@@ -172,6 +175,7 @@ impl fmt::Debug for ModelEntry {
             .field("auth", &self.auth)
             .field("spec", &self.spec.family)
             .field("fallbacks", &self.fallbacks)
+            .field("prices", &self.prices)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +219,96 @@ struct RawEntry {
     auth: Option<RawAuth>,
     #[serde(default)]
     fallbacks: Vec<String>,
+    /// Read as a value first, so that its problems name the entry.
+    #[serde(default)]
+    pricing: Option<serde_json::Value>,
+}
+
+/// An entry's `"pricing"`: negotiated or regional rates in place of the
+/// model's list prices (`pricing.rs`), in US dollars. One of two shapes:
+///
+/// - per token, USD per 1M tokens (the gpt-image family):
+///   `{"textInputPerMTok": 5, "imageInputPerMTok": 10, "imageOutputPerMTok": 40}`,
+///   all three required, with `"cachedTextInputPerMTok"` and
+///   `"cachedImageInputPerMTok"` optional but only together;
+/// - per image, USD by `"quality/size"` (dall-e-3):
+///   `{"perImage": {"standard/1024x1024": 0.04, "hd/1792x1024": 0.12}}`.
+///
+/// Unknown fields, a mix of the two, negative or non-finite numbers are refused.
+/// Zero is a price (a free deployment), unlike a missing one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    #[serde(rename = "textInputPerMTok")]
+    text_input: Option<f64>,
+    #[serde(rename = "imageInputPerMTok")]
+    image_input: Option<f64>,
+    #[serde(rename = "imageOutputPerMTok")]
+    image_output: Option<f64>,
+    #[serde(rename = "cachedTextInputPerMTok")]
+    cached_text_input: Option<f64>,
+    #[serde(rename = "cachedImageInputPerMTok")]
+    cached_image_input: Option<f64>,
+    #[serde(rename = "perImage")]
+    per_image: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+impl RawPricing {
+    /// The prices of an entry for `model`, or what is wrong with them.
+    fn prices(self, model: &str) -> Result<Prices, String> {
+        let rate = |field: &str, value: f64| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(value)
+            } else {
+                Err(format!("`{field}` must be a non-negative number, not {value}"))
+            }
+        };
+        let tokens = [self.text_input, self.image_input, self.image_output];
+        let cached = [self.cached_text_input, self.cached_image_input];
+        match (tokens, cached, self.per_image) {
+            ([Some(text), Some(image), Some(output)], [cached_text, cached_image], None) => {
+                let cached_input = match (cached_text, cached_image) {
+                    (None, None) => None,
+                    (Some(text), Some(image)) => Some(CachedInput {
+                        text: rate("cachedTextInputPerMTok", text)?,
+                        image: rate("cachedImageInputPerMTok", image)?,
+                    }),
+                    _ => return Err("`cachedTextInputPerMTok` and `cachedImageInputPerMTok` go together".into()),
+                };
+                Ok(Prices::PerToken {
+                    text_input: rate("textInputPerMTok", text)?,
+                    image_input: rate("imageInputPerMTok", image)?,
+                    image_output: rate("imageOutputPerMTok", output)?,
+                    cached_input,
+                    sizing: pricing::token_sizing(model),
+                })
+            }
+            ([None, None, None], [None, None], Some(table)) => {
+                if table.is_empty() {
+                    return Err("`perImage` lists no prices".into());
+                }
+                let mut prices = std::collections::BTreeMap::new();
+                for (key, usd) in table {
+                    let Some((quality, size)) = key
+                        .split_once('/')
+                        .map(|(q, s)| (q.trim().to_ascii_lowercase(), s.trim().to_ascii_lowercase()))
+                        .filter(|(q, s)| !q.is_empty() && !s.is_empty() && !s.contains('/'))
+                    else {
+                        return Err(format!("`perImage` key `{key}` is not `quality/size`"));
+                    };
+                    let usd = rate(&format!("perImage.{key}"), usd)?;
+                    if prices.insert((quality, size), usd).is_some() {
+                        return Err(format!("`perImage` key `{key}` is given twice"));
+                    }
+                }
+                Ok(Prices::PerImage(prices))
+            }
+            _ => Err(
+                "must be either all of `textInputPerMTok`, `imageInputPerMTok` and `imageOutputPerMTok`, or `perImage`"
+                    .into(),
+            ),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -464,6 +558,15 @@ impl ModelEntry {
             .map_err(|p| format!("`{name}`: {p}"))?;
         let spec = ModelSpec::for_model(&model);
         let (generations_url, edits_url) = (url_for("generations"), url_for("edits"));
+        let prices = match raw.pricing {
+            None => pricing::list_prices(&model),
+            Some(value) => Some(
+                serde_json::from_value::<RawPricing>(value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| raw.prices(&model))
+                    .map_err(|p| format!("`{name}`: pricing: {p}"))?,
+            ),
+        };
         Ok(Self {
             name,
             model,
@@ -475,6 +578,7 @@ impl ModelEntry {
             auth,
             spec,
             fallbacks: raw.fallbacks,
+            prices,
         })
     }
 }
@@ -867,5 +971,95 @@ mod tests {
             Some("azure-image")
         );
         assert!(cfg.model_by_deployment("..").is_none());
+    }
+
+    fn with_pricing(model: &str, pricing: &str) -> Result<Config, ConfigError> {
+        let models = format!(
+            r#"[{{"name":"a","model":"{model}","baseURL":"https://r.openai.azure.com/openai/deployments/a","apiVersion":"v","pricing":{pricing}}}]"#
+        );
+        config(&[(IMAGE_MODELS, &models), (AZURE_API_KEY_SECRET_ID, "k")])
+    }
+
+    #[test]
+    fn an_entry_without_pricing_gets_its_list_prices_or_none() {
+        let cfg = config(&[(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")]).expect("valid");
+        assert_eq!(cfg.models[0].prices, pricing::list_prices("gpt-image-1"));
+        assert!(cfg.models[0].prices.is_some());
+        let unknown = ONE.replace("gpt-image-1", "my-image-model");
+        let cfg = config(&[(IMAGE_MODELS, &unknown), (AZURE_API_KEY_SECRET_ID, "k")]).expect("valid");
+        assert_eq!(cfg.models[0].prices, None);
+    }
+
+    #[test]
+    fn an_entry_overrides_its_token_prices() {
+        let cfg = with_pricing(
+            "gpt-image-2-2026-04-21",
+            r#"{"textInputPerMTok":4,"imageInputPerMTok":6.5,"imageOutputPerMTok":0,"cachedTextInputPerMTok":1,"cachedImageInputPerMTok":2}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.models[0].prices,
+            Some(Prices::PerToken {
+                text_input: 4.0,
+                image_input: 6.5,
+                image_output: 0.0,
+                cached_input: Some(CachedInput { text: 1.0, image: 2.0 }),
+                sizing: pricing::TokenSizing::GptImage2,
+            })
+        );
+        let cfg = with_pricing(
+            "my-image-model",
+            r#"{"textInputPerMTok":1,"imageInputPerMTok":2,"imageOutputPerMTok":3}"#,
+        )
+        .expect("valid");
+        assert!(matches!(
+            cfg.models[0].prices,
+            Some(Prices::PerToken {
+                sizing: pricing::TokenSizing::Unknown,
+                cached_input: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_entry_overrides_its_per_image_prices() {
+        let cfg = with_pricing(
+            "dall-e-3",
+            r#"{"perImage":{"Standard/1024x1024":0.03,"hd/1792x1024":0.1}}"#,
+        )
+        .expect("valid");
+        let Some(Prices::PerImage(table)) = &cfg.models[0].prices else {
+            panic!("per image: {:?}", cfg.models[0].prices);
+        };
+        assert_eq!(table.get(&("standard".into(), "1024x1024".into())), Some(&0.03));
+        assert_eq!(table.get(&("hd".into(), "1792x1024".into())), Some(&0.1));
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn bad_pricing_is_refused_naming_the_entry() {
+        for bad in [
+            r#"{"textInputPerMTok":5,"imageInputPerMTok":10}"#,
+            r#"{"textInputPerMTok":5,"imageInputPerMTok":10,"imageOutputPerMTok":-1}"#,
+            r#"{"textInputPerMTok":5,"imageInputPerMTok":10,"imageOutputPerMTok":40,"cachedTextInputPerMTok":1}"#,
+            r#"{"textInputPerMTok":5,"imageInputPerMTok":10,"imageOutputPerMTok":40,"outputPerMTok":40}"#,
+            r#"{"textInputPerMTok":5,"imageInputPerMTok":10,"imageOutputPerMTok":40,"perImage":{"hd/1024x1024":1}}"#,
+            r#"{"textInputPerMTok":"5","imageInputPerMTok":10,"imageOutputPerMTok":40}"#,
+            r#"{"perImage":{}}"#,
+            r#"{"perImage":{"1024x1024":0.04}}"#,
+            r#"{"perImage":{"/1024x1024":0.04}}"#,
+            r#"{"perImage":{"hd/1024x1024/x":0.04}}"#,
+            r#"{"perImage":{"hd/1024x1024":-0.04}}"#,
+            r#"{"perImage":{"hd/1024x1024":0.04,"HD/1024x1024":0.05}}"#,
+            r#"{}"#,
+            r#"5"#,
+        ] {
+            let err = with_pricing("dall-e-3", bad).expect_err(bad);
+            assert_eq!(err.variable, IMAGE_MODELS, "{bad}");
+            assert!(err.problem.contains("entry 0: `a`: pricing: "), "{bad}: {err}");
+        }
+        // Numbers JSON cannot hold are refused by the parser, for the whole variable.
+        assert!(with_pricing("dall-e-3", r#"{"perImage":{"hd/1024x1024":1e999}}"#).is_err());
     }
 }
