@@ -13,6 +13,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::ModelEntry;
 use crate::error::ErrorContext;
+use crate::pricing::Prices;
 use crate::reshape::Usage;
 
 /// The JSON log format of `main`, writing to `writer`, filtered by `RUST_LOG`
@@ -125,6 +126,8 @@ pub struct RequestLog {
     /// The error code of an answer that failed after its status went out
     /// (an `error` event, a body that broke off).
     pub late_error: Option<String>,
+    /// The prices of the model that answered, for the request's cost.
+    pub prices: Option<Prices>,
 }
 
 impl RequestLog {
@@ -151,6 +154,7 @@ impl RequestLog {
             images: None,
             usage: None,
             late_error: None,
+            prices: None,
         }
     }
 
@@ -163,7 +167,23 @@ impl RequestLog {
     /// The configured model that answered.
     pub fn served_by(&mut self, entry: &ModelEntry) {
         self.served_model = Some(entry.name.clone());
+        self.prices = entry.prices.clone();
         self.set_azure(entry);
+    }
+
+    /// What the request cost in US dollars, from what Azure reported (its
+    /// usage, the images it returned); `None` when unknown: no price for the
+    /// model, or a token-priced answer without usage. Never a guessed zero.
+    pub fn cost_usd(&self) -> Option<f64> {
+        let prices = self.prices.as_ref()?;
+        let images = self.images?;
+        crate::pricing::cost(
+            prices,
+            self.usage.as_ref(),
+            images,
+            self.size.as_deref(),
+            self.quality.as_deref(),
+        )
     }
 
     fn set_azure(&mut self, entry: &ModelEntry) {
@@ -245,6 +265,8 @@ impl RequestLog {
             input_tokens = self.usage.map(|_| usage.input_tokens),
             output_tokens = self.usage.map(|_| usage.output_tokens),
             image_tokens = self.usage.map(|_| usage.input_tokens_details.image_tokens),
+            cost_usd = self.cost_usd(),
+            cost_unknown = (self.metered && self.images.is_some_and(|n| n > 0) && self.cost_usd().is_none()).then_some(true),
             "request"
         );
     }
@@ -287,6 +309,16 @@ impl RequestLog {
             metric("OutputTokens", "Count", usage.output_tokens);
         }
         let mut directives = vec![json!({"Namespace": namespace, "Dimensions": [["Model"]], "Metrics": metrics})];
+        if let Some(cost) = self.cost_usd() {
+            values.insert("CostUSD".into(), json!(cost));
+            let cost_metric = json!([{"Name": "CostUSD", "Unit": "None"}]);
+            directives.push(json!({"Namespace": namespace, "Dimensions": [["Model"]], "Metrics": cost_metric}));
+            // Client names come from the client keys secret: configured, never caller text.
+            if let Some(client) = &self.client {
+                values.insert("Client".into(), json!(client));
+                directives.push(json!({"Namespace": namespace, "Dimensions": [["Client"]], "Metrics": cost_metric}));
+            }
+        }
         // A 200 fails too when its body breaks off after the start, or a stream ends in an error event.
         if status >= 400 || error_code.is_some() {
             let code = error_code.filter(|c| !c.is_empty()).unwrap_or("unknown");
@@ -397,5 +429,36 @@ mod tests {
         for route in ["models", "health", "not_found"] {
             assert!(log(route).emf("AzureOpenAIImage", 1, 200, None, 1).is_none());
         }
+    }
+
+    #[test]
+    fn cost_goes_to_the_log_and_a_metric_by_model_and_client_and_unknown_is_never_zero() {
+        let mut log = log("openai_generations");
+        log.model = Some("azure-image".into());
+        log.served_model = Some("azure-image".into());
+        log.client = Some("team-a".into());
+        log.images = Some(1);
+        log.usage = Some(Usage {
+            input_tokens: 50,
+            output_tokens: 1000,
+            total_tokens: 1050,
+            input_tokens_details: crate::reshape::UsageDetails {
+                text_tokens: 50,
+                image_tokens: 0,
+            },
+        });
+        log.prices = crate::pricing::list_prices("gpt-image-1");
+        let cost = log.cost_usd().expect("priced");
+        // $5 per 1M text tokens in, $40 per 1M image tokens out.
+        assert!((cost - (50.0 * 5.0 + 1000.0 * 40.0) / 1e6).abs() < 1e-9, "{cost}");
+        let record = emf(&log, 200, None, 10);
+        assert_eq!(record["CostUSD"].as_f64(), Some(cost));
+        assert_eq!(record["Client"], "team-a");
+        let directives = record["_aws"]["CloudWatchMetrics"].as_array().expect("directives");
+        assert!(directives.iter().any(|d| d["Dimensions"] == json!([["Client"]])));
+
+        log.prices = None;
+        assert_eq!(log.cost_usd(), None, "no price: unknown");
+        assert!(emf(&log, 200, None, 10).get("CostUSD").is_none());
     }
 }

@@ -517,3 +517,27 @@ fn debug_output_never_carries_prompts_keys_or_upstream_urls() {
     let printed = format!("{incoming:?}");
     assert!(!printed.contains("private") && !printed.contains("sk-very-secret") && !printed.contains(CLIENT_KEY));
 }
+
+#[tokio::test]
+async fn every_answer_logs_its_cost_from_what_azure_reported() {
+    let fake = FakeAzure::healthy().await;
+    let test = app_for(&fake);
+    let (response, log) = handle_logged(&test.app, post(GEN, r#"{"model":"azure-image","prompt":"x"}"#)).await;
+    assert_eq!(response.status(), 200);
+    // The stand-in reports 10 text and 40 image tokens in, 50 image tokens out:
+    // gpt-image-1's list prices are $5, $10 and $40 per million.
+    let cost = log["cost_usd"].as_f64().expect("a cost");
+    assert!(
+        (cost - (10.0 * 5.0 + 40.0 * 10.0 + 50.0 * 40.0) / 1e6).abs() < 1e-9,
+        "{cost}"
+    );
+    let (_, log) = handle_logged(
+        &test.app,
+        post(
+            GEN,
+            r#"{"model":"dall-e-3","prompt":"x","size":"1792x1024","quality":"hd"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(log["cost_usd"].as_f64(), Some(0.12), "dall-e-3 by size and quality");
+}

@@ -564,7 +564,10 @@ pub fn emf_record(line: &str) -> serde_json::Value {
         for metric in directive["Metrics"].as_array().expect("metrics") {
             let name = metric["Name"].as_str().expect("metric name");
             assert!(record[name].is_number(), "metric {name} has no value: {line}");
-            assert!(matches!(metric["Unit"].as_str(), Some("Count" | "Milliseconds")));
+            assert!(matches!(
+                metric["Unit"].as_str(),
+                Some("Count" | "Milliseconds" | "None")
+            ));
         }
     }
     record
