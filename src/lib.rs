@@ -20,6 +20,7 @@ pub mod json_text;
 pub mod models;
 pub mod multipart;
 pub mod operation;
+pub mod pool;
 pub mod pricing;
 pub mod reshape;
 pub mod sse;
