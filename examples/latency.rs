@@ -125,9 +125,10 @@ async fn serve(port: u16) -> Result<(), String> {
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
+                    // A JSON generation or a multipart edit: `n` from JSON, `[large]` anywhere in the body.
                     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let n = request["n"].as_u64().unwrap_or(1).clamp(1, 4) as usize;
-                    let big = request["prompt"].as_str().is_some_and(|p| p.contains("[large]"));
+                    let big = body.windows(7).any(|w| w == b"[large]");
                     let answer = if big { large[n - 1].clone() } else { small };
                     http::Response::builder()
                         .header(http::header::CONTENT_TYPE, "application/json")
@@ -151,7 +152,13 @@ async fn time(args: &[String]) -> Result<(), String> {
     let bodies: Vec<Bytes> = std::fs::read_to_string(body_file)
         .map_err(|e| format!("{body_file}: {e}"))?
         .lines()
-        .map(|line| Bytes::from(line.to_owned()))
+        .map(|line| match line.strip_prefix("b64:") {
+            // A binary body (a multipart upload), base64 on its line.
+            Some(encoded) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                .map(Bytes::from)
+                .unwrap_or_default(),
+            None => Bytes::from(line.to_owned()),
+        })
         .collect();
     if bodies.len() != specs.len() {
         return Err("BODY_FILE: one line, one request body, per target".into());

@@ -13,6 +13,7 @@ is missing.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -42,12 +43,34 @@ CASES = [
 ]
 
 
+def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[str, bytes]:
+    """A multipart/form-data body as the SDKs upload it, and its content type."""
+    boundary = "----bench-boundary-7MA4YWxkTrZu0gW"
+    body = b""
+    for name, value in fields.items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    for name, data in files.items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n"
+    return f"multipart/form-data; boundary={boundary}", body + f"--{boundary}--\r\n".encode()
+
+
+def upload_png(size: int) -> bytes:
+    """A PNG of about `size` bytes: a 1024x1024 header, then filler image data (the connector reads headers only)."""
+    import struct
+
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 1024, 1024, 8, 2, 0, 0, 0) + b"\0\0\0\0"
+    data = os.urandom(size)
+    return header + struct.pack(">I", len(data)) + b"IDAT" + data + b"\0\0\0\0" + b"\0\0\0\0IEND\0\0\0\0"
+
+
 def timed_posts(targets: list[tuple[str, str, dict, bytes]], count: int, warmup: int = 3) -> tuple[list[list[float]], int]:
     """Milliseconds per request for each target (url, path, headers, body), from the latency
     client (examples/latency.rs): after 3 warm-up rounds, on one kept-alive connection each, the
     targets taking turns request by request. Also returns the first target's body size."""
     with tempfile.NamedTemporaryFile("wb", suffix=".bodies") as bodies:
-        bodies.write(b"\n".join(body for *_, body in targets) + b"\n")
+        # One body a line; a binary one (an upload) as base64 behind "b64:".
+        lines = [body if b"\n" not in body and b"\r" not in body else b"b64:" + base64.b64encode(body) for *_, body in targets]
+        bodies.write(b"\n".join(lines) + b"\n")
         bodies.flush()
         specs = ["|".join([url + path] + [f"{k}:{v}" for k, v in headers.items()]) for url, path, headers, _ in targets]
         out = subprocess.run([str(LATENCY), "time", str(count), str(warmup), bodies.name, *specs], capture_output=True, text=True)
@@ -162,6 +185,17 @@ def main() -> None:
             ], count)
             (lambda_path,), _ = timed_posts([(watch.url, "/v1/images/generations", headers, client_body)], max(5, count // 4))
             rows.append((label, size_bytes, direct, through, whole, lambda_path))
+        # An edit: a 4 MB upload in, a 4 MB image out (issue 14's case), relayed.
+        image = upload_png(4_000_000)
+        content_type, direct_form = multipart({"model": "gpt-image-1", "prompt": "[large] add a scarf"}, {"image": image})
+        _, client_form = multipart({"model": "azure-image", "prompt": "[large] add a scarf"}, {"image": image})
+        count = args.large
+        (direct, through, whole), size_bytes = timed_posts([
+            (azure_url, "/openai/deployments/gpt-image-1/images/edits?api-version=2025-04-01-preview", {"api-key": AZURE_KEY, "content-type": content_type}, direct_form),
+            (connector_url, "/v1/images/edits", {"authorization": f"Bearer {CLIENT_KEY}", "content-type": content_type}, client_form),
+            (buffered_url, "/v1/images/edits", {"authorization": f"Bearer {CLIENT_KEY}", "content-type": content_type}, client_form),
+        ], count)
+        rows.append(("edit, 4 MB up + 4 MB", size_bytes + len(client_form), direct, through, whole, []))
         serving_rss = peak_rss_mib(local.pid)
         buffered_rss = peak_rss_mib(buffered.pid)
 
@@ -169,8 +203,9 @@ def main() -> None:
         for label, size_bytes, direct, through, whole, lambda_path in rows:
             added = pct(through, 50) - pct(direct, 50)
             budget = 0.5 + 0.5 * size_bytes / 1e6 if size_bytes > 1e6 else 0.5
-            print(f"{label:<20} {size_bytes / 1e6:>7.2f}MB {pct(direct, 50):>10.2f} {pct(direct, 99):>8.2f} {pct(through, 50):>10.2f} {pct(through, 99):>8.2f} {pct(through, 50) / pct(direct, 50):>5.2f}x {added:>10.2f} {budget:>8.2f} {pct(whole, 50):>12.2f} {pct(lambda_path, 50):>10.2f}")
-        largest = max(r[1] for r in rows) / 2**20
+            watch_p50 = f"{pct(lambda_path, 50):>10.2f}" if lambda_path else f"{'-':>10}"
+            print(f"{label:<20} {size_bytes / 1e6:>7.2f}MB {pct(direct, 50):>10.2f} {pct(direct, 99):>8.2f} {pct(through, 50):>10.2f} {pct(through, 99):>8.2f} {pct(through, 50) / pct(direct, 50):>5.2f}x {added:>10.2f} {budget:>8.2f} {pct(whole, 50):>12.2f} {watch_p50}")
+        largest = max(r[1] for r in rows if not r[0].startswith("edit")) / 2**20
         print(f"\npeak RSS: idle after init {idle_rss:.1f} MiB (budget 20)")
         print(f"peak RSS serving the {largest:.1f} MiB case, relayed: {serving_rss:.1f} MiB (budget 20 + 1 x {largest:.1f} = {20 + largest:.1f} MiB)")
         print(f"peak RSS serving the {largest:.1f} MiB case, buffered: {buffered_rss:.1f} MiB (budget 20 + 2 x {largest:.1f} = {20 + 2 * largest:.1f} MiB)")
