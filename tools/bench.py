@@ -118,12 +118,12 @@ def cold_start_ms(env: dict, runs: int = 20) -> float:
     return statistics.median(results)
 
 
-def first_request_ms(listener, headers: dict) -> tuple[float, float]:
-    """A fresh listener's first small generation (both secrets fetched), and the p50 of the next 20."""
-    process, url = listener("stream")
+def first_request_ms(listener, headers: dict, model: str = "azure-image", **env: str) -> tuple[float, float]:
+    """A fresh listener's first small generation (secrets, and for Entra ID a token, fetched), and the p50 of the next 20."""
+    process, url = listener("stream", **env)
     try:
         stack.wait_for(f"{url}/health", 30)
-        body = json.dumps({"model": "azure-image", "prompt": "a lighthouse"}).encode()
+        body = json.dumps({"model": model, "prompt": "a lighthouse"}).encode()
         (first,), _ = timed_posts([(url, "/v1/images/generations", headers, body)], 1, warmup=0)
         (later,), _ = timed_posts([(url, "/v1/images/generations", headers, body)], 20, warmup=0)
         return first[0], pct(later, 50)
@@ -157,9 +157,9 @@ def main() -> None:
     moto.put_secret("azure-key", AZURE_KEY)
     moto.put_secret("client-keys", json.dumps([CLIENT_KEY]))
     env = stack.connector_env(moto, stack.image_models(azure_url), "azure-key", CLIENT_API_KEYS_SECRET_ID="client-keys", RUST_LOG="warn")
-    def listener(mode: str) -> tuple[subprocess.Popen, str]:
+    def listener(mode: str, **extra: str) -> tuple[subprocess.Popen, str]:
         port = stack.free_port()
-        process = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env=dict(os.environ, **env, RESPONSE_MODE=mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env=dict(os.environ, **env, RESPONSE_MODE=mode, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return process, f"http://127.0.0.1:{port}"
 
     # The same binary twice: answers relayed as Azure's arrive (streaming front doors), and whole (buffered ones).
@@ -213,6 +213,35 @@ def main() -> None:
         first, later = first_request_ms(listener, headers)
         print(f"first request after start, which fetches the Azure key and client keys from moto: {first:.2f} ms; later ones: {later:.2f} ms p50"
               f" (what prefetching the secrets during init could move into init)")
+        # `stream: true` from a deployment answering whole (the completed events made from one
+        # buffered call), n = 10 large images: the path's peak memory (issue 12).
+        process, url = listener("stream")
+        try:
+            stack.wait_for(f"{url}/health", 30)
+            body = json.dumps({"model": "azure-image", "prompt": "[large] a lighthouse", "n": 10, "stream": True}).encode()
+            (_,), whole_bytes = timed_posts([(url, "/v1/images/generations", headers, body)], 1, warmup=0)
+            print(f"peak RSS, stream whole path (events from one buffered call), n=10: {peak_rss_mib(process.pid):.1f} MiB for {whole_bytes / 1e6:.1f} MB of events (template memory: 128 MB)")
+        finally:
+            process.kill()
+        # Entra ID with AWS federation, against the stand-ins: one STS call and one Entra call on the first request.
+        from entra import Sts, TokenEndpoint
+
+        sts = Sts().start()
+        token = TokenEndpoint("bench-tenant", {"bench-client": {"assertion": Sts.TOKEN}}).start()
+        try:
+            entra_models = stack.image_models(azure_url) + [{
+                "name": "entra-image", "model": "gpt-image-1", "baseURL": f"{azure_url}/openai/deployments/gpt-image-1",
+                "apiVersion": "2025-04-01-preview",
+                "auth": {"type": "entra", "tenantId": "bench-tenant", "clientId": "bench-client", "federation": "aws"},
+            }]
+            extra = {"IMAGE_MODELS": json.dumps(entra_models), "AZURE_AUTHORITY_HOST": token.url, "AWS_ENDPOINT_URL_STS": sts.url}
+            key_first, key_later = first_request_ms(listener, headers, "azure-image", **extra)
+            entra_first, entra_later = first_request_ms(listener, headers, "entra-image", **extra)
+            print(f"first request, key mode: {key_first:.2f} ms, then {key_later:.2f} ms p50;"
+                  f" Entra ID federated: {entra_first:.2f} ms ({sts.calls()} STS and {token.calls()} Entra calls), then {entra_later:.2f} ms p50")
+        finally:
+            token.stop()
+            sts.stop()
         if ZIP.exists():
             print(f"Lambda package (arm64 zip): {ZIP.stat().st_size / 1e6:.2f} MB")
         else:
