@@ -116,14 +116,16 @@ fn request(c: &mut Criterion) {
     let mask = png_of(2_000, 1024, 1024, true);
     let boundary = "----bench-boundary-7MA4YWxkTrZu0gW";
     let mut form = Vec::new();
-    for (name, filename, data) in [("image", Some("photo.png"), &image[..]), ("mask", Some("mask.png"), &mask[..])]
-        .into_iter()
-        .chain([
-            ("prompt", None, &b"Add a red scarf"[..]),
-            ("model", None, &b"azure-image"[..]),
-            ("size", None, &b"1024x1024"[..]),
-        ])
-    {
+    for (name, filename, data) in [
+        ("image", Some("photo.png"), &image[..]),
+        ("mask", Some("mask.png"), &mask[..]),
+    ]
+    .into_iter()
+    .chain([
+        ("prompt", None, &b"Add a red scarf"[..]),
+        ("model", None, &b"azure-image"[..]),
+        ("size", None, &b"1024x1024"[..]),
+    ]) {
         form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
         if let Some(filename) = filename {
             form.extend(format!("; filename=\"{filename}\"\r\nContent-Type: application/octet-stream").as_bytes());
@@ -137,7 +139,9 @@ fn request(c: &mut Criterion) {
     let mut headers = http::HeaderMap::new();
     headers.insert(
         "content-type",
-        format!("multipart/form-data; boundary={boundary}").parse().expect("header"),
+        format!("multipart/form-data; boundary={boundary}")
+            .parse()
+            .expect("header"),
     );
     let mut group = c.benchmark_group("edit");
     group.throughput(Throughput::Bytes(form.len() as u64));
