@@ -32,6 +32,8 @@ pub mod aws_http;
 #[cfg(feature = "runtime")]
 pub mod azure;
 #[cfg(feature = "runtime")]
+pub mod compress;
+#[cfg(feature = "runtime")]
 pub mod exchange;
 #[cfg(feature = "runtime")]
 pub mod front;
