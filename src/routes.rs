@@ -200,7 +200,7 @@ fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestL
 /// each event arriving when made, and a proxy that decodes gzip may hold them.
 fn compress_if_it_pays(answer: &mut Answer, req: &Incoming) {
     let worth_it = req.response_limit.is_none()
-        && answer.status() == http::StatusCode::OK
+        && answer.status().is_success()
         && answer
             .headers()
             .get(CONTENT_TYPE)
