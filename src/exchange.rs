@@ -64,6 +64,12 @@ pub trait StreamingBody: Send {
     /// What the request's log line says of the body, once it has ended or
     /// broken off: images, usage, Azure's time, an error after the start.
     fn fill_log(&mut self, log: &mut RequestLog);
+
+    /// How many bytes are still to come, when known ahead (Azure announced
+    /// its body's length): what decides whether the answer is worth compressing.
+    fn remaining_hint(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Why a body stopped before its end. The front door must not let the client

@@ -34,6 +34,8 @@ pub mod aws_http;
 #[cfg(feature = "runtime")]
 pub mod azure;
 #[cfg(feature = "runtime")]
+pub mod compress;
+#[cfg(feature = "runtime")]
 pub mod credentials;
 #[cfg(feature = "runtime")]
 pub mod exchange;

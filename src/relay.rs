@@ -103,6 +103,17 @@ impl StreamingBody for Relay {
             attempt.ms += self.started.elapsed().as_millis() as u64;
         }
     }
+
+    /// What is ready and what Azure has still to send (each further image's
+    /// `index` adds a few bytes more).
+    fn remaining_hint(&self) -> Option<usize> {
+        let ready: usize = self.ready.iter().map(Bytes::len).sum();
+        let rest = match &self.upstream {
+            Some(upstream) => usize::try_from(upstream.size_hint().exact()?).ok()?,
+            None => 0,
+        };
+        Some(ready + self.reshaper.pending_len() + rest)
+    }
 }
 
 impl Relay {
