@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use azure_openai_image::Config;
 use azure_openai_image::observe::{MetricsSink, log_subscriber};
@@ -13,28 +13,6 @@ use serde_json::Value;
 
 const GEN: &str = "/v1/images/generations";
 const PROMPT: &str = "a very particular lighthouse at dawn";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("lock"))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 /// Runs one request with logs and metrics captured; returns the request's log
 /// line, its EMF record, the response status and every line written.
