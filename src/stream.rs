@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::azure::{Call, Delivery, Success, UpstreamBody};
 use crate::error::{self, ApiError, ErrorContext};
 use crate::exchange::{Aborted, Answer, ResponseBody, StreamingBody};
-use crate::json_text::{RawObject, concat};
+use crate::json_text::{RawObject, join};
 use crate::observe::RequestLog;
 use crate::operation::{Defaults, EventNames};
 use crate::reshape::Usage;
@@ -48,7 +48,7 @@ pub(crate) async fn answer(app: &App, call: Call<'_>, log: &mut RequestLog) -> R
         Delivery::Images(Success { mut reshaper, .. }) => {
             log.usage = reshaper.usage();
             // One buffer for the events to take their images from, without a copy.
-            let body = Bytes::from(concat(&reshaper.take_output()));
+            let body = Bytes::from(join(reshaper.take_output()));
             drop(reshaper);
             let defaults = Defaults::of(request, served.spec);
             let (events, images) = completed_events(&body, &defaults, names.completed)?;

@@ -159,7 +159,7 @@ def main() -> None:
     env = stack.connector_env(moto, stack.image_models(azure_url), "azure-key", CLIENT_API_KEYS_SECRET_ID="client-keys", RUST_LOG="warn")
     def listener(mode: str, **extra: str) -> tuple[subprocess.Popen, str]:
         port = stack.free_port()
-        process = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env=dict(os.environ, **env, RESPONSE_MODE=mode, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env={**os.environ, **env, **extra, "RESPONSE_MODE": mode}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return process, f"http://127.0.0.1:{port}"
 
     # The same binary twice: answers relayed as Azure's arrive (streaming front doors), and whole (buffered ones).
@@ -185,6 +185,8 @@ def main() -> None:
             ], count)
             (lambda_path,), _ = timed_posts([(watch.url, "/v1/images/generations", headers, client_body)], max(5, count // 4))
             rows.append((label, size_bytes, direct, through, whole, lambda_path))
+        serving_rss = peak_rss_mib(local.pid)
+        buffered_rss = peak_rss_mib(buffered.pid)
         # An edit: a 4 MB upload in, a 4 MB image out (issue 14's case), relayed.
         image = upload_png(4_000_000)
         content_type, direct_form = multipart({"model": "gpt-image-1", "prompt": "[large] add a scarf"}, {"image": image})
@@ -196,8 +198,6 @@ def main() -> None:
             (buffered_url, "/v1/images/edits", {"authorization": f"Bearer {CLIENT_KEY}", "content-type": content_type}, client_form),
         ], count)
         rows.append(("edit, 4 MB up + 4 MB", size_bytes + len(client_form), direct, through, whole, []))
-        serving_rss = peak_rss_mib(local.pid)
-        buffered_rss = peak_rss_mib(buffered.pid)
 
         print(f"{'case':<20} {'body':>9} {'direct p50':>10} {'p99':>8} {'local p50':>10} {'p99':>8} {'ratio':>6} {'added p50':>10} {'budget':>8} {'buffered p50':>12} {'watch p50':>10}   (ms)")
         for label, size_bytes, direct, through, whole, lambda_path in rows:
