@@ -323,7 +323,7 @@ mod tests {
             at >= start && at + image.len() <= start + body.len(),
             "a slice of the body, not a copy"
         );
-        let events = read(&concat(&events));
+        let events = read(&crate::json_text::concat(&events));
         assert_eq!(events.len(), 2);
         for (kind, data) in &events {
             assert_eq!(kind, COMPLETED);
