@@ -99,19 +99,35 @@ async fn prepare<'a>(
     log: &mut RequestLog,
 ) -> Result<Plan<'a>, ApiError> {
     let limit = operation.body_limit();
-    log.model_requested = match deployment {
-        Some(id) => Some(printable(id)),
-        None => (req.body.len() <= limit)
-            .then(|| operation.model_named(&req.headers, &req.body))
-            .flatten()
-            .map(|m| printable(&m)),
+    log.model_requested = deployment.map(printable);
+    // Every error names the model asked for. A body that parses names it itself; only on the way
+    // to an error before that is the body read for its `model` alone.
+    let name_from_body = |log: &mut RequestLog| {
+        if log.model_requested.is_none() && req.body.len() <= limit {
+            log.model_requested = operation.model_named(&req.headers, &req.body).map(|m| printable(&m));
+        }
     };
-    let caller = app.authenticate(&req.headers, req.deadline).await?;
+    let caller = match app.authenticate(&req.headers, req.deadline).await {
+        Ok(caller) => caller,
+        Err(err) => {
+            name_from_body(log);
+            return Err(err);
+        }
+    };
     log.client = caller.name.clone();
     if req.body.len() > limit {
         return Err(ApiError::request_too_large(limit));
     }
-    let request = operation.parse(&req.headers, &req.body)?;
+    let request = match operation.parse(&req.headers, &req.body) {
+        Ok(request) => request,
+        Err(err) => {
+            name_from_body(log);
+            return Err(err);
+        }
+    };
+    if log.model_requested.is_none() {
+        log.model_requested = request.model().map(printable);
+    }
     log.n = Some(request.n());
     log.stream = Some(request.stream());
     log.prompt_chars = Some(request.prompt_chars());
