@@ -127,7 +127,7 @@ def test_a_deployment_that_refuses_connections_leaves_the_request_to_the_others(
     assert quota_azure.served == {"spare": 4}
     lines = [line for line in request_lines(pooled) if line.get("model") == "half-down"]
     attempts = [a for line in lines for a in json.loads(line["upstream"])]
-    # Tried first by weight, refused, then left alone while it cools down.
-    assert attempts[0].startswith("half-down@down:none:upstream_unreachable"), attempts
+    # Picked by its weight, refused, and the request went on at once to spare.
+    assert any(a.startswith("half-down@down:none:upstream_unreachable") for a in attempts), attempts
     assert all(line["pool_deployment"] == "spare" for line in lines)
     assert all(w == 0 for line in lines for w in waits(line))
