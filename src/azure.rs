@@ -378,10 +378,13 @@ impl AzureClient {
         let mut tried: Vec<usize> = Vec::new();
         let mut waited = Duration::ZERO;
         let mut last: Option<UpstreamFailure> = None;
+        // A deployment to ask again at once, with a fresh credential or without `stream`.
+        let mut again: Option<usize> = None;
         loop {
-            let i = match pool {
-                None => 0,
-                Some(pool) => {
+            let i = match (again.take(), pool) {
+                (Some(i), _) => i,
+                (None, None) => 0,
+                (None, Some(pool)) => {
                     let spent: Vec<usize> = (0..tries.len()).filter(|&j| tries[j].spent).collect();
                     let now = pool_now();
                     match pool.pick(now, &tried, &spent) {
@@ -411,6 +414,7 @@ impl AzureClient {
                 Step::Done(result) => return result.map(|delivery| (delivery, target)),
                 Step::Again => {
                     waited = Duration::ZERO;
+                    again = Some(i);
                     continue;
                 }
                 Step::Failed(failure) => failure,

@@ -417,3 +417,44 @@ async fn metrics_count_requests_throttles_and_errors_by_deployment() {
     }
     assert_eq!(records.len(), 4, "the request's record, and one per deployment tried");
 }
+
+#[tokio::test]
+async fn a_refused_key_is_fetched_again_and_the_same_deployment_asked_at_once() {
+    let fake = FakeAzure::start(|req, _| {
+        let key = req.headers.get("api-key").and_then(|k| k.to_str().ok()).unwrap_or_default();
+        match (deployment_of(req).as_str(), key) {
+            ("east", "rotated-east-key") => success_for(req),
+            ("east", _) => Canned::json(401, r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint."}}"#),
+            _ => Canned::json(503, UNAVAILABLE),
+        }
+    })
+    .await;
+    let items = [
+        item(&fake, "east", r#","weight":1000,"apiKeySecretId":"east-key""#),
+        item(&fake, "west", ""),
+    ];
+    let models = format!(
+        r#"[{{"name":"azure-image","model":"gpt-image-1","deployments":[{}]}}]"#,
+        items.join(",")
+    );
+    let source = azure_openai_image::secrets::ScriptedSource::new(vec![Ok(AZURE_KEY.into())]).with(
+        "east-key",
+        vec![Ok("old-east-key".to_owned()), Ok("rotated-east-key".to_owned())],
+    );
+    let app = Arc::new(azure_openai_image::App::new(
+        config_from(&models, &[("AUTH_MODE", "none"), ("MAX_RETRIES", "0")]),
+        Arc::new(source),
+        azure_openai_image::azure::AzureClient::new().expect("client"),
+    ));
+    let (response, line) = handle_logged(&app, post(GEN, r#"{"prompt":"x"}"#)).await;
+    assert_eq!(response.status(), 200);
+    let reached = reached(&fake);
+    assert_eq!(reached[reached.len() - 2..], ["east", "east"], "{reached:?}");
+    let attempts = upstream(&line);
+    let n = attempts.len();
+    assert!(
+        attempts[n - 2].starts_with("azure-image@east:401:key_rejected:"),
+        "{attempts:?}"
+    );
+    assert!(attempts[n - 1].starts_with("azure-image@east:200:ok:"), "{attempts:?}");
+}
