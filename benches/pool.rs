@@ -21,7 +21,7 @@ fn pick(c: &mut Criterion) {
     let pool = pool_of_10();
     c.bench_function("pick_and_report_success/10_unreported", |b| {
         b.iter(|| {
-            if let Pick::Target(i) = pool.pick(black_box(now), black_box(&[])) {
+            if let Pick::Target(i) = pool.pick(black_box(now), black_box(&[]), black_box(&[])) {
                 pool.report_success(i, now, Remaining::default());
             }
         })
@@ -35,7 +35,7 @@ fn pick(c: &mut Criterion) {
     c.bench_function("pick_and_report_success/10_reported_2_cooling", |b| {
         b.iter(|| {
             figure = (figure + 7) % 100;
-            if let Pick::Target(i) = pool.pick(black_box(now), black_box(&[5])) {
+            if let Pick::Target(i) = pool.pick(black_box(now), black_box(&[5]), black_box(&[])) {
                 let remaining = Remaining {
                     requests: Some(figure),
                     tokens: Some(figure * 1000),

@@ -105,7 +105,7 @@ fn request(c: &mut Criterion) {
         b.iter(|| {
             let request = GenerationRequest::parse(black_box(body)).expect("valid");
             request.validate_for(entry.spec).expect("valid");
-            request.upstream_body(entry).len()
+            request.upstream_body(entry, entry.primary()).len()
         })
     });
     group.finish();
@@ -149,7 +149,7 @@ fn request(c: &mut Criterion) {
         b.iter(|| {
             let request = EditRequest::parse(&headers, black_box(&form)).expect("valid");
             request.validate_for(entry.spec).expect("valid");
-            request.upstream(entry, false).len()
+            request.upstream(entry, entry.primary(), false).len()
         })
     });
     group.finish();

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 
 use crate::auth::{Caller, ClientKeys};
-use crate::azure::{AzureClient, DEADLINE_MARGIN, NoStreamMarks};
+use crate::azure::{AzureClient, DEADLINE_MARGIN, Learnt, NoStreamMarks, Pools};
 use crate::config::{AuthMode, Config};
 use crate::credentials::{Credentials, WebIdentity};
 use crate::error::ApiError;
@@ -22,6 +22,8 @@ pub struct App {
     metrics: MetricsSink,
     /// Deployments that refused `stream`: their streams are made from one buffered call.
     no_stream: NoStreamMarks,
+    /// The cooldowns and remaining capacity of the deployments of models that have several.
+    pools: Pools,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
 }
@@ -43,6 +45,7 @@ impl App {
             ),
             metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
             no_stream: NoStreamMarks::default(),
+            pools: Pools::new(&config.models),
             config,
             azure,
             started,
@@ -77,8 +80,13 @@ impl App {
         &self.metrics
     }
 
-    pub fn no_stream(&self) -> &NoStreamMarks {
-        &self.no_stream
+    /// What the attempt loop learns and keeps between requests.
+    pub fn learnt(&self) -> Learnt<'_> {
+        Learnt {
+            credentials: &self.credentials,
+            no_stream: &self.no_stream,
+            pools: &self.pools,
+        }
     }
 
     /// Unix time of start-up.

@@ -1,6 +1,7 @@
 //! The upstream client and its one attempt loop: the model asked for, with
-//! retries bounded by the Lambda deadline, then its fallbacks. Buffered,
-//! relayed and streamed answers all come through [`AzureClient::call`].
+//! retries bounded by the Lambda deadline, over its deployments when it has
+//! several (`pool`), then its fallbacks. Buffered, relayed and streamed
+//! answers all come through [`AzureClient::call`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,14 +12,15 @@ use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::config::{ModelEntry, RetrySettings};
+use crate::config::{ModelEntry, RetrySettings, Target};
 use crate::credentials::{Credential, CredentialError, Credentials};
 use crate::error::ApiError;
 use crate::observe::AttemptRecord;
 use crate::operation::{Operation, OperationRequest, UpstreamRequest};
+use crate::pool::{Pick, Pool, Wait, decide_wait, remaining_from};
 use crate::reshape::Reshaper;
 use crate::secrets::by_deadline;
-use crate::upstream::{UpstreamError, UpstreamFailure, UpstreamResponse, upstream_unavailable};
+use crate::upstream::{UpstreamError, UpstreamFailure, UpstreamResponse, pool_busy, upstream_unavailable};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time kept back from the Lambda deadline to send the answer.
@@ -160,49 +162,85 @@ pub struct Call<'a> {
 /// Deployments that refused `stream` (an api-version without image
 /// streaming): their streams are made from one buffered call, until the mark
 /// expires after [`NO_STREAM_FOR`] and the deployment is asked again (its
-/// api-version may have been upgraded).
+/// api-version may have been upgraded). Marked per deployment of an entry.
 #[derive(Debug, Default)]
-pub struct NoStreamMarks(Mutex<HashMap<String, Instant>>);
+pub struct NoStreamMarks(Mutex<HashMap<(String, String), Instant>>);
 
 /// How long a refusal of `stream` is remembered.
 pub const NO_STREAM_FOR: Duration = Duration::from_secs(600);
 
 impl NoStreamMarks {
-    pub fn is_marked(&self, entry: &ModelEntry) -> bool {
-        self.is_marked_at(entry, Instant::now())
+    pub fn is_marked(&self, entry: &ModelEntry, target: &Target) -> bool {
+        self.is_marked_at(entry, target, Instant::now())
     }
 
-    fn is_marked_at(&self, entry: &ModelEntry, now: Instant) -> bool {
+    fn is_marked_at(&self, entry: &ModelEntry, target: &Target, now: Instant) -> bool {
         let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match marks.get(&entry.name) {
+        let key = (entry.name.clone(), target.name.clone());
+        match marks.get(&key) {
             Some(until) if now < *until => true,
             Some(_) => {
-                marks.remove(&entry.name);
+                marks.remove(&key);
                 false
             }
             None => false,
         }
     }
 
-    fn mark_at(&self, entry: &ModelEntry, now: Instant) {
-        tracing::info!(model = %entry.name, "the deployment does not stream; streams are made from buffered calls for a while");
+    fn mark_at(&self, entry: &ModelEntry, target: &Target, now: Instant) {
+        tracing::info!(model = %entry.name, deployment = %target.name, "the deployment does not stream; streams are made from buffered calls for a while");
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.name.clone(), now + NO_STREAM_FOR);
+            .insert((entry.name.clone(), target.name.clone()), now + NO_STREAM_FOR);
     }
 }
 
-/// An attempt on `entry` begun at `started`: Azure's status and request id
-/// when it answered (`outcome` is `ok` until a failure says otherwise).
+/// The pools of the entries with several deployments: what the execution
+/// environment has learnt of each deployment (cooldowns, remaining capacity).
+/// Built once with the configuration; an entry of one deployment has none.
+#[derive(Debug, Default)]
+pub struct Pools(HashMap<String, Pool>);
+
+impl Pools {
+    pub fn new(models: &[ModelEntry]) -> Self {
+        let pools = models
+            .iter()
+            .filter(|entry| entry.targets().len() > 1)
+            .filter_map(|entry| {
+                let targets = entry.targets().iter().map(|t| (t.name.clone(), t.weight));
+                Some((entry.name.clone(), Pool::new(targets)?))
+            })
+            .collect();
+        Self(pools)
+    }
+
+    fn of(&self, entry: &ModelEntry) -> Option<&Pool> {
+        self.0.get(&entry.name)
+    }
+}
+
+/// What the attempt loop keeps for the execution environment, beside the HTTP client.
+#[derive(Clone, Copy)]
+pub struct Learnt<'a> {
+    pub credentials: &'a Credentials,
+    pub no_stream: &'a NoStreamMarks,
+    pub pools: &'a Pools,
+}
+
+/// An attempt on `entry` begun at `started`, at its deployment named
+/// `deployment` when it has several: Azure's status and request id when it
+/// answered (`outcome` is `ok` until a failure says otherwise).
 fn record(
     entry: &ModelEntry,
+    deployment: Option<&str>,
     answer: Option<(StatusCode, &HeaderMap)>,
     started: Instant,
     waited: Duration,
 ) -> AttemptRecord {
     AttemptRecord {
         model: entry.name.clone(),
+        deployment: deployment.map(str::to_owned),
         status: answer.map(|(status, _)| status.as_u16()),
         outcome: "ok".into(),
         ms: started.elapsed().as_millis() as u64,
@@ -214,17 +252,50 @@ fn record(
     }
 }
 
+/// What one request has learnt of one deployment.
+struct Tries {
+    /// The credential it last sent there.
+    key: Option<Credential>,
+    /// Whether the credential was fetched again after a 401.
+    rotated: bool,
+    /// Whether it still asks the deployment for events.
+    stream: bool,
+    /// Retries there so far.
+    retries: u32,
+    /// No more attempts there: out of retries, or a failure retrying cannot help.
+    spent: bool,
+}
+
+/// How one attempt ended.
+enum Step {
+    /// For good: a success, or a failure no other attempt may follow (billed, no credential).
+    Done(Result<Delivery, UpstreamFailure>),
+    /// The same deployment again at once: with a fresh credential, or without `stream`.
+    Again,
+    /// Azure refused, or no answer came; the loop decides what may help.
+    Failed(UpstreamFailure),
+}
+
+/// One request's call on one model.
+struct OnModel<'c, 'e, 'a> {
+    learnt: Learnt<'c>,
+    call: &'c Call<'a>,
+    entry: &'e ModelEntry,
+    /// `None` for an entry of one deployment.
+    pool: Option<&'c Pool>,
+}
+
 impl AzureClient {
     /// The model asked for, then each fallback while the last failure was one
     /// a fallback can help with (retryable after its retries, or a missing
     /// deployment). When all fail, the primary's error, listing the attempts.
+    /// Returns the answer, and the model and deployment that gave it.
     pub async fn call<'a>(
         &self,
-        credentials: &Credentials,
-        marks: &NoStreamMarks,
+        learnt: Learnt<'_>,
         mut call: Call<'a>,
         attempts: &mut Vec<AttemptRecord>,
-    ) -> Result<(Delivery, &'a ModelEntry), ApiError> {
+    ) -> Result<(Delivery, &'a ModelEntry, &'a Target), ApiError> {
         let mut primary_error: Option<ApiError> = None;
         // Fallbacks left out count only once the primary failed in a way they could have helped.
         let mut fell_back = false;
@@ -238,8 +309,18 @@ impl AzureClient {
                 }
                 tracing::warn!(fallback = %entry.name, "trying a fallback model");
             }
-            match self.on_model(credentials, marks, &call, entry, attempts).await {
-                Ok(delivery) => return Ok((delivery, entry)),
+            let pool = learnt.pools.of(entry);
+            if pool.is_none() && entry.targets().len() > 1 {
+                tracing::error!(model = %entry.name, "no pool for the model's deployments; only its first is used");
+            }
+            let on = OnModel {
+                learnt,
+                call: &call,
+                entry,
+                pool,
+            };
+            match self.on_model(&on, attempts).await {
+                Ok((delivery, target)) => return Ok((delivery, entry, target)),
                 Err(failure) => {
                     let go_on = failure.fallback;
                     fell_back |= go_on;
@@ -258,111 +339,233 @@ impl AzureClient {
         Err(err)
     }
 
-    /// One model: retries 429, 408, 5xx, timeouts and connection errors up to
-    /// `max_retries` times, waiting as Azure says or with backoff, and fetches
-    /// the key again once after a 401 (rotation). A deployment that refuses
-    /// `stream` is marked and asked again without it. Never starts a wait or
-    /// an attempt that cannot finish before the deadline: it answers with the
-    /// last failure instead.
-    async fn on_model(
+    /// One model. Of one deployment: retries 429, 408, 5xx, timeouts and
+    /// connection errors up to `max_retries` times, waiting as Azure says or
+    /// with backoff. Of several (a pool): each attempt goes to the deployment
+    /// the pool picks; a failure a fallback could help with (429, 5xx, no
+    /// answer, a missing deployment) cools that one down and the request
+    /// moves on at once to another with room; only when all are cooling down
+    /// does it wait, within `pool_max_wait` and the deadline, or answer at
+    /// once with `Retry-After`. `max_retries` bounds the retries on each
+    /// deployment. Either way the credential is fetched again once after a
+    /// 401 (rotation), a deployment that refuses `stream` is marked and asked
+    /// again without it, and no wait or attempt starts that cannot finish
+    /// before the deadline: the last failure is answered instead.
+    async fn on_model<'e>(
         &self,
-        credentials: &Credentials,
-        marks: &NoStreamMarks,
-        call: &Call<'_>,
-        entry: &ModelEntry,
+        on: &OnModel<'_, 'e, '_>,
         attempts: &mut Vec<AttemptRecord>,
-    ) -> Result<Delivery, UpstreamFailure> {
+    ) -> Result<(Delivery, &'e Target), UpstreamFailure> {
+        let OnModel {
+            learnt,
+            call,
+            entry,
+            pool,
+        } = *on;
         let budget = call.budget;
-        let unusable = |e: CredentialError| UpstreamFailure::fatal(e.to_api_error(&entry.name));
-        let mut key = by_deadline(budget.deadline, DEADLINE_MARGIN, credentials.get(&entry.auth))
-            .await
-            .map_err(unusable)?;
-        let mut stream = call.want == Want::Events && entry.spec.always_b64 && !marks.is_marked(entry);
-        let mut upstream = call.request.upstream(entry, stream);
-        let url = call.operation.url(entry);
-        let mut retries = 0;
-        let mut rotated = false;
+        let targets = entry.targets();
+        let wants_events = call.want == Want::Events && entry.spec.always_b64;
+        let mut tries: Vec<Tries> = targets
+            .iter()
+            .map(|target| Tries {
+                key: None,
+                rotated: false,
+                stream: wants_events && !learnt.no_stream.is_marked(entry, target),
+                retries: 0,
+                spent: false,
+            })
+            .collect();
+        let mut tried: Vec<usize> = Vec::new();
         let mut waited = Duration::ZERO;
         let mut last: Option<UpstreamFailure> = None;
+        // A deployment to ask again at once, with a fresh credential or without `stream`.
+        let mut again: Option<usize> = None;
         loop {
-            let Some(timeout) = budget.attempt(attempts.is_empty()) else {
-                return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into()));
-            };
-            let started = Instant::now();
-            let until = started + timeout;
-            let accept = if stream { EVENTS_OR_JSON } else { JSON };
-            let result = self.send(url, &key, &upstream, accept, until).await;
-            let answer = match &result {
-                Ok(Ok(response)) => Some((response.status(), response.headers())),
-                Ok(Err(failed)) => Some((failed.status, &failed.headers)),
-                Err(_) => None,
-            };
-            let mut record = record(entry, answer, started, waited);
-            let failure = match result {
-                Ok(Err(response)) if response.rejects_key() && !rotated => {
-                    rotated = true;
-                    record.outcome = "key_rejected".into();
-                    attempts.push(record);
-                    tracing::warn!(model = %entry.name, "Azure refused the cached key or token; fetching it again");
-                    key = by_deadline(budget.deadline, DEADLINE_MARGIN, credentials.refresh(&entry.auth, &key))
-                        .await
-                        .map_err(unusable)?;
-                    waited = Duration::ZERO;
-                    continue;
-                }
-                Ok(Ok(response)) if stream && is_event_stream(response.headers()) => {
-                    attempts.push(record);
-                    let body = http::Response::from(response).into_body();
-                    return Ok(Delivery::Events(UpstreamBody { body, until }));
-                }
-                Ok(Ok(response)) => {
-                    let commit_after = match call.want {
-                        Want::Images { commit_after } => commit_after,
-                        Want::Events => None,
-                    };
-                    let reshaped = reshape(response, until, commit_after, call.limit).await;
-                    // The time to Azure's whole body, or to the point its rest is relayed from.
-                    record.ms = started.elapsed().as_millis() as u64;
-                    match reshaped {
-                        Ok(success) => {
-                            attempts.push(record);
-                            return Ok(Delivery::Images(success));
-                        }
-                        // Azure answered 2xx: the images are generated and billed. Another
-                        // attempt or model would bill them again, so this failure is final.
-                        Err(error) => {
-                            record.outcome = error.code.as_deref().unwrap_or("error").to_owned();
-                            attempts.push(record);
-                            return Err(UpstreamFailure::fatal(error.billed()));
+            let i = match (again.take(), pool) {
+                (Some(i), _) => i,
+                (None, None) => 0,
+                (None, Some(pool)) => {
+                    let spent: Vec<usize> = (0..tries.len()).filter(|&j| tries[j].spent).collect();
+                    let now = pool_now();
+                    match pool.pick(now, &tried, &spent) {
+                        Pick::Target(i) => i,
+                        Pick::Spent => return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into())),
+                        Pick::AllCooling { until } => {
+                            let reserve = MIN_ATTEMPT + DEADLINE_MARGIN;
+                            match decide_wait(until, now, budget.retry.pool_max_wait, budget.deadline, reserve) {
+                                Wait::Sleep(wait) => {
+                                    tokio::time::sleep(wait).await;
+                                    waited += wait;
+                                    continue;
+                                }
+                                Wait::Refuse { retry_after } => return Err(all_cooling(entry, last, retry_after)),
+                            }
                         }
                     }
                 }
-                Ok(Err(response)) if stream && response.refuses_streaming() => {
-                    record.outcome = "stream_refused".into();
-                    attempts.push(record);
-                    marks.mark_at(entry, Instant::now());
-                    stream = false;
-                    upstream = call.request.upstream(entry, false);
+            };
+            let (Some(target), Some(these)) = (targets.get(i), tries.get_mut(i)) else {
+                return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into()));
+            };
+            let Some(timeout) = budget.attempt(attempts.is_empty()) else {
+                return Err(last.unwrap_or_else(|| UpstreamError::Timeout.into()));
+            };
+            let failure = match self.attempt(on, i, target, these, timeout, waited, attempts).await {
+                Step::Done(result) => return result.map(|delivery| (delivery, target)),
+                Step::Again => {
                     waited = Duration::ZERO;
+                    again = Some(i);
                     continue;
                 }
-                Ok(Err(response)) => UpstreamFailure::from_response(&response, entry),
-                Err(err) => UpstreamFailure::from(err),
+                Step::Failed(failure) => failure,
             };
-            record.outcome = failure.error.code.as_deref().unwrap_or("error").to_owned();
-            attempts.push(record);
-            if !failure.retryable || retries >= budget.retry.max_retries {
-                return Err(failure);
+            waited = Duration::ZERO;
+            if !tried.contains(&i) {
+                tried.push(i);
             }
-            let wait = failure.wait.unwrap_or_else(|| backoff(retries));
-            if !budget.can_wait(wait) {
-                return Err(failure);
+            if pool.is_none() {
+                if !failure.retryable || these.retries >= budget.retry.max_retries {
+                    return Err(failure);
+                }
+                let wait = failure.wait.unwrap_or_else(|| backoff(these.retries));
+                if !budget.can_wait(wait) {
+                    return Err(failure);
+                }
+                tokio::time::sleep(wait).await;
+                waited = wait;
+                these.retries += 1;
+            } else {
+                // The request's fault (a content filter, a validation error) or the operator's: no
+                // other deployment would answer otherwise.
+                if !failure.fallback {
+                    return Err(failure);
+                }
+                if !failure.retryable || these.retries >= budget.retry.max_retries {
+                    these.spent = true;
+                } else {
+                    these.retries += 1;
+                }
             }
-            tokio::time::sleep(wait).await;
-            waited = wait;
-            retries += 1;
             last = Some(failure);
         }
+    }
+
+    /// One attempt on `target`, deployment `i` of the entry, reported to the
+    /// pool: a 2xx as a success with Azure's remaining capacity, a 429 as a
+    /// throttle, another failure a fallback could help with as a failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        on: &OnModel<'_, '_, '_>,
+        i: usize,
+        target: &Target,
+        tries: &mut Tries,
+        timeout: Duration,
+        waited: Duration,
+        attempts: &mut Vec<AttemptRecord>,
+    ) -> Step {
+        let OnModel {
+            learnt,
+            call,
+            entry,
+            pool,
+        } = *on;
+        let budget = call.budget;
+        let unusable = |e: CredentialError| UpstreamFailure::fatal(e.to_api_error(&entry.name));
+        let key = match &tries.key {
+            Some(key) => key.clone(),
+            None => match by_deadline(budget.deadline, DEADLINE_MARGIN, learnt.credentials.get(&target.auth)).await {
+                Ok(key) => {
+                    tries.key = Some(key.clone());
+                    key
+                }
+                Err(e) => return Step::Done(Err(unusable(e))),
+            },
+        };
+        let upstream = call.request.upstream(entry, target, tries.stream);
+        let url = call.operation.url(target);
+        let started = Instant::now();
+        let until = started + timeout;
+        let accept = if tries.stream { EVENTS_OR_JSON } else { JSON };
+        let result = self.send(url, &key, &upstream, accept, until).await;
+        let answer = match &result {
+            Ok(Ok(response)) => Some((response.status(), response.headers())),
+            Ok(Err(failed)) => Some((failed.status, &failed.headers)),
+            Err(_) => None,
+        };
+        let deployment = pool.map(|_| target.name.as_str());
+        let mut record = record(entry, deployment, answer, started, waited);
+        let failure = match result {
+            Ok(Err(response)) if response.rejects_key() && !tries.rotated => {
+                tries.rotated = true;
+                record.outcome = "key_rejected".into();
+                attempts.push(record);
+                tracing::warn!(model = %entry.name, deployment = %target.name, "Azure refused the cached key or token; fetching it again");
+                let refresh = learnt.credentials.refresh(&target.auth, &key);
+                match by_deadline(budget.deadline, DEADLINE_MARGIN, refresh).await {
+                    Ok(key) => tries.key = Some(key),
+                    Err(e) => return Step::Done(Err(unusable(e))),
+                }
+                return Step::Again;
+            }
+            Ok(Ok(response)) => {
+                if let Some(pool) = pool {
+                    pool.report_success(i, pool_now(), remaining_from(response.headers()));
+                }
+                if tries.stream && is_event_stream(response.headers()) {
+                    attempts.push(record);
+                    let body = http::Response::from(response).into_body();
+                    return Step::Done(Ok(Delivery::Events(UpstreamBody { body, until })));
+                }
+                let commit_after = match call.want {
+                    Want::Images { commit_after } => commit_after,
+                    Want::Events => None,
+                };
+                let reshaped = reshape(response, until, commit_after, call.limit).await;
+                // The time to Azure's whole body, or to the point its rest is relayed from.
+                record.ms = started.elapsed().as_millis() as u64;
+                return match reshaped {
+                    Ok(success) => {
+                        attempts.push(record);
+                        Step::Done(Ok(Delivery::Images(success)))
+                    }
+                    // Azure answered 2xx: the images are generated and billed. Another
+                    // attempt, deployment or model would bill them again, so this failure is final.
+                    Err(error) => {
+                        record.outcome = error.code.as_deref().unwrap_or("error").to_owned();
+                        attempts.push(record);
+                        Step::Done(Err(UpstreamFailure::fatal(error.billed())))
+                    }
+                };
+            }
+            Ok(Err(response)) if tries.stream && response.refuses_streaming() => {
+                record.outcome = "stream_refused".into();
+                attempts.push(record);
+                learnt.no_stream.mark_at(entry, target, Instant::now());
+                tries.stream = false;
+                return Step::Again;
+            }
+            Ok(Err(response)) => {
+                let failure = UpstreamFailure::from_response(&response, entry);
+                if let Some(pool) = pool {
+                    if response.is_throttled() {
+                        pool.report_throttled(i, pool_now(), failure.wait);
+                    } else if failure.fallback {
+                        pool.report_failure(i, pool_now());
+                    }
+                }
+                failure
+            }
+            Err(err) => {
+                if let Some(pool) = pool {
+                    pool.report_failure(i, pool_now());
+                }
+                UpstreamFailure::from(err)
+            }
+        };
+        record.outcome = failure.error.code.as_deref().unwrap_or("error").to_owned();
+        attempts.push(record);
+        Step::Failed(failure)
     }
 
     /// POSTs the upstream request. Returns once Azure's headers are in, by
@@ -496,13 +699,38 @@ async fn reshape(
     })
 }
 
+/// The pools' clock: tokio's, so that tests with paused time see cooldowns
+/// pass as their waits do; the same as `Instant::now()` otherwise.
+fn pool_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Every deployment of a pool cooling down for longer than a request waits:
+/// the last failure (or, before any attempt, a 429 saying so) with
+/// `Retry-After` set to when the first deployment frees up. A fallback may help.
+fn all_cooling(entry: &ModelEntry, last: Option<UpstreamFailure>, retry_after: Duration) -> UpstreamFailure {
+    let mut failure = last.unwrap_or_else(|| UpstreamFailure {
+        error: pool_busy(entry),
+        retryable: true,
+        fallback: true,
+        wait: None,
+    });
+    failure.error = failure.error.with_retry_after(Some(retry_after));
+    failure.wait = Some(retry_after);
+    failure.fallback = true;
+    failure
+}
+
 /// `azure-image: 503 upstream_error; azure-image: 503 upstream_error; skipped dall-e-3: …`.
 fn describe(attempts: &[AttemptRecord], skipped: &[String]) -> String {
     attempts
         .iter()
-        .map(|a| match a.status {
-            Some(status) => format!("{}: {} {}", a.model, status, a.outcome),
-            None => format!("{}: no answer ({})", a.model, a.outcome),
+        .map(|a| {
+            let at = a.deployment.as_ref().map(|d| format!("@{d}")).unwrap_or_default();
+            match a.status {
+                Some(status) => format!("{}{at}: {} {}", a.model, status, a.outcome),
+                None => format!("{}{at}: no answer ({})", a.model, a.outcome),
+            }
         })
         .chain(skipped.iter().map(|s| format!("skipped {s}")))
         .collect::<Vec<_>>()
@@ -530,6 +758,7 @@ mod tests {
                 max_retries: 2,
                 attempt_timeout,
                 max_wait: Duration::from_secs(60),
+                pool_max_wait: Duration::from_secs(5),
             },
         }
     }
@@ -585,13 +814,14 @@ mod tests {
         })
         .expect("valid");
         let entry = &config.models[0];
+        let target = entry.primary();
         let marks = NoStreamMarks::default();
         let now = Instant::now();
-        assert!(!marks.is_marked_at(entry, now));
-        marks.mark_at(entry, now);
-        assert!(marks.is_marked_at(entry, now + NO_STREAM_FOR - Duration::from_secs(1)));
+        assert!(!marks.is_marked_at(entry, target, now));
+        marks.mark_at(entry, target, now);
+        assert!(marks.is_marked_at(entry, target, now + NO_STREAM_FOR - Duration::from_secs(1)));
         assert!(
-            !marks.is_marked_at(entry, now + NO_STREAM_FOR),
+            !marks.is_marked_at(entry, target, now + NO_STREAM_FOR),
             "asked again after the mark expires"
         );
     }

@@ -25,6 +25,8 @@ pub const MAX_RETRY_WAIT_SECONDS: &str = "MAX_RETRY_WAIT_SECONDS";
 pub const HTTP_API_TIMEOUT_MS: &str = "HTTP_API_TIMEOUT_MS";
 /// As the Azure SDKs name it: where Entra ID's token endpoint lives.
 pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// How long a request waits for a deployment of a pool whose deployments are all cooling down.
+pub const POOL_MAX_WAIT_SECONDS: &str = "POOL_MAX_WAIT_SECONDS";
 
 const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The scope of a token for Azure OpenAI (Cognitive Services).
@@ -36,6 +38,9 @@ const DEFAULT_SECRET_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u32 = 2;
 const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_METRICS_NAMESPACE: &str = "AzureOpenAIImage";
+const DEFAULT_POOL_MAX_WAIT: Duration = Duration::from_secs(5);
+/// The largest weight of a pool's deployment: enough for any split, small enough to sum.
+const MAX_WEIGHT: u64 = 1000;
 
 /// The connector's settings.
 #[derive(Debug, Clone)]
@@ -75,6 +80,9 @@ pub struct RetrySettings {
     /// The longest wait before a retry, whatever Azure's `Retry-After` asks
     /// (a deadline bounds it further).
     pub max_wait: Duration,
+    /// The longest wait for the first deployment of a pool of several to free
+    /// up when all of them are cooling down; past it the client hears 429 at once.
+    pub pool_max_wait: Duration,
 }
 
 /// Who checks callers.
@@ -88,15 +96,33 @@ pub enum AuthMode {
     None,
 }
 
-/// One configured Azure image deployment.
-#[derive(Clone)]
+/// One configured model: a name clients use, and the Azure deployments that serve it.
+#[derive(Debug, Clone)]
 pub struct ModelEntry {
     /// What clients send as `model` (or as the Azure route's deployment id).
     pub name: String,
-    /// The Azure model behind the deployment; decides validation.
+    /// The Azure model behind the deployments; decides validation.
     pub model: String,
+    pub spec: &'static ModelSpec,
+    /// Configured names to try, in order, when this model fails with a retryable error.
+    pub fallbacks: Vec<String>,
+    /// The entry's `"pricing"`, else the model's list prices; `None`: its cost is unknown.
+    pub prices: Option<Prices>,
+    /// Its `baseURL` (a pool of one) or its `"deployments"`, in the order
+    /// configured: never empty, built here.
+    targets: Vec<Target>,
+}
+
+/// One Azure deployment an entry sends requests to.
+#[derive(Clone)]
+pub struct Target {
+    /// For logs and metrics: the item's `name`, else its deployment's (with
+    /// `#` and the item's index when another item has the same deployment name).
+    pub name: String,
+    /// Its share of the entry's requests, among the deployments with as much room.
+    pub weight: u32,
     /// The deployment's name: the last segment of a deployments `baseURL`,
-    /// or the entry's `deployment` on the v1 surface.
+    /// or the item's `deployment` on the v1 surface.
     pub deployment: String,
     /// `None` on the v1 surface when the entry sets none.
     pub api_version: Option<String>,
@@ -106,11 +132,6 @@ pub struct ModelEntry {
     pub edits_url: Url,
     /// How the connector proves itself to Azure.
     pub auth: UpstreamAuth,
-    pub spec: &'static ModelSpec,
-    /// Configured names to try, in order, when this model fails with a retryable error.
-    pub fallbacks: Vec<String>,
-    /// The entry's `"pricing"`, else the model's list prices; `None`: its cost is unknown.
-    pub prices: Option<Prices>,
 }
 
 /// Which of Azure's API surfaces an entry calls.
@@ -124,12 +145,23 @@ pub enum Surface {
 }
 
 impl ModelEntry {
-    /// What the body's `model` says to Azure: the model on the deployments
+    /// Its deployments, in the order configured: at least one.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Its first deployment: the one of an entry with a single `baseURL`.
+    pub fn primary(&self) -> &Target {
+        // `from_raw` builds no entry without a deployment.
+        &self.targets[0]
+    }
+
+    /// What the body's `model` says to `target`: the model on the deployments
     /// surface, the deployment on the v1 surface.
-    pub fn upstream_model(&self) -> &str {
-        match self.surface {
+    pub fn upstream_model<'a>(&'a self, target: &'a Target) -> &'a str {
+        match target.surface {
             Surface::Deployments => &self.model,
-            Surface::V1 => &self.deployment,
+            Surface::V1 => &target.deployment,
         }
     }
 }
@@ -164,18 +196,15 @@ pub enum EntraCredential {
 }
 
 /// The upstream URL names the Azure resource: kept out of anything printed.
-impl fmt::Debug for ModelEntry {
+impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ModelEntry")
+        f.debug_struct("Target")
             .field("name", &self.name)
-            .field("model", &self.model)
+            .field("weight", &self.weight)
             .field("deployment", &self.deployment)
             .field("api_version", &self.api_version)
             .field("surface", &self.surface)
             .field("auth", &self.auth)
-            .field("spec", &self.spec.family)
-            .field("fallbacks", &self.fallbacks)
-            .field("prices", &self.prices)
             .finish_non_exhaustive()
     }
 }
@@ -206,8 +235,12 @@ fn problem(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 struct RawEntry {
     name: String,
     model: String,
-    #[serde(rename = "baseURL")]
-    base_url: String,
+    #[serde(rename = "baseURL", default)]
+    base_url: Option<String>,
+    /// Several deployments instead of one `baseURL`: read as values first,
+    /// so that their problems name the entry and the item.
+    #[serde(default)]
+    deployments: Option<Vec<serde_json::Value>>,
     #[serde(rename = "apiVersion", default)]
     api_version: Option<String>,
     #[serde(rename = "apiKeySecretId", default)]
@@ -222,6 +255,28 @@ struct RawEntry {
     /// Read as a value first, so that its problems name the entry.
     #[serde(default)]
     pricing: Option<serde_json::Value>,
+}
+
+/// One item of an entry's `"deployments"`: the per-deployment fields of an
+/// entry, a `weight` (default 1) and a `name` for logs and metrics.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(rename = "baseURL")]
+    base_url: String,
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(rename = "apiKeySecretId", default)]
+    api_key_secret_id: Option<String>,
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    /// Read as a value, so that a bad one is named as such.
+    #[serde(default)]
+    weight: Option<serde_json::Value>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// An entry's `"pricing"`: negotiated or regional rates in place of the
@@ -355,6 +410,8 @@ impl Config {
             attempt_timeout: whole_number(&lookup, UPSTREAM_TIMEOUT_SECONDS, 1..=900)?.map(Duration::from_secs),
             max_wait: whole_number(&lookup, MAX_RETRY_WAIT_SECONDS, 1..=900)?
                 .map_or(DEFAULT_MAX_RETRY_WAIT, Duration::from_secs),
+            pool_max_wait: whole_number(&lookup, POOL_MAX_WAIT_SECONDS, 0..=900)?
+                .map_or(DEFAULT_POOL_MAX_WAIT, Duration::from_secs),
         };
         let http_api_timeout = whole_number(&lookup, HTTP_API_TIMEOUT_MS, 50..=30_000)?.map(Duration::from_millis);
         let authority = lookup(AZURE_AUTHORITY_HOST)
@@ -463,10 +520,11 @@ impl Config {
 
     /// The entry an Azure-route path names: a configured name, or a deployment segment.
     pub fn model_by_deployment(&self, id: &str) -> Option<&ModelEntry> {
-        self.models
-            .iter()
-            .find(|m| m.name == id)
-            .or_else(|| self.models.iter().find(|m| m.deployment == id))
+        self.models.iter().find(|m| m.name == id).or_else(|| {
+            self.models
+                .iter()
+                .find(|m| m.targets.iter().any(|t| t.deployment == id))
+        })
     }
 }
 
@@ -505,59 +563,35 @@ impl ModelEntry {
         if model.is_empty() {
             return Err(format!("`{name}`: model must not be empty"));
         }
-        let api_version = raw.api_version.map(|v| v.trim().to_owned());
-        if let Some(version) = &api_version
-            && (version.is_empty()
-                || !version
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
-        {
-            return Err(format!("`{name}`: apiVersion `{version}` is not an Azure api-version"));
-        }
-        let base = checked_url(&raw.base_url).map_err(|p| format!("`{name}`: baseURL {p}"))?;
-        let segments: Vec<&str> = base.path().trim_end_matches('/').split('/').skip(1).collect();
-        let (surface, deployment) = match segments.as_slice() {
-            [.., "openai", "deployments", deployment]
-                if !deployment.is_empty() && deployment.chars().all(is_id_char) =>
-            {
-                if raw.deployment.is_some() {
+        let targets = match (raw.base_url, raw.deployments) {
+            (Some(base_url), None) => {
+                let one = RawTarget {
+                    base_url,
+                    api_version: raw.api_version,
+                    api_key_secret_id: raw.api_key_secret_id,
+                    deployment: raw.deployment,
+                    auth: raw.auth,
+                    weight: None,
+                    name: None,
+                };
+                vec![Target::from_raw(one, default_secret, authority).map_err(|p| format!("`{name}`: {p}"))?]
+            }
+            (None, Some(items)) => {
+                if raw.api_version.is_some()
+                    || raw.api_key_secret_id.is_some()
+                    || raw.deployment.is_some()
+                    || raw.auth.is_some()
+                {
                     return Err(format!(
-                        "`{name}`: `deployment` is for the v1 surface; a deployments baseURL names it already"
+                        "`{name}`: with `deployments`, `apiVersion`, `deployment`, `auth` and `apiKeySecretId` go in each item"
                     ));
                 }
-                if api_version.is_none() {
-                    return Err(format!("`{name}`: apiVersion is required with a deployments baseURL"));
-                }
-                (Surface::Deployments, (*deployment).to_owned())
+                targets_from_raw(items, default_secret, authority).map_err(|p| format!("`{name}`: {p}"))?
             }
-            [.., "openai", "v1"] => {
-                let deployment = raw
-                    .deployment
-                    .map(|d| d.trim().to_owned())
-                    .filter(|d| !d.is_empty() && d.chars().all(is_id_char))
-                    .ok_or_else(|| {
-                        format!("`{name}`: a v1 baseURL needs `deployment`, the deployment's name (sent as the body's model)")
-                    })?;
-                (Surface::V1, deployment)
-            }
-            _ => {
-                return Err(format!(
-                    "`{name}`: baseURL must end in /openai/deployments/<deployment> or /openai/v1"
-                ));
-            }
+            (Some(_), Some(_)) => return Err(format!("`{name}`: set `baseURL` or `deployments`, not both")),
+            (None, None) => return Err(format!("`{name}`: needs `baseURL` or `deployments`")),
         };
-        let url_for = |operation: &str| {
-            let mut target = base.clone();
-            target.set_path(&format!("{}/images/{operation}", base.path().trim_end_matches('/')));
-            if let Some(version) = &api_version {
-                target.query_pairs_mut().append_pair("api-version", version);
-            }
-            target
-        };
-        let auth = upstream_auth(raw.auth, raw.api_key_secret_id, default_secret, authority)
-            .map_err(|p| format!("`{name}`: {p}"))?;
         let spec = ModelSpec::for_model(&model);
-        let (generations_url, edits_url) = (url_for("generations"), url_for("edits"));
         let prices = match raw.pricing {
             None => pricing::list_prices(&model),
             Some(value) => Some(
@@ -570,16 +604,154 @@ impl ModelEntry {
         Ok(Self {
             name,
             model,
+            spec,
+            fallbacks: raw.fallbacks,
+            prices,
+            targets,
+        })
+    }
+}
+
+/// An entry's `"deployments"`: not empty, each item valid, no deployment twice, no name twice.
+fn targets_from_raw(
+    items: Vec<serde_json::Value>,
+    default_secret: Option<&str>,
+    authority: &Url,
+) -> Result<Vec<Target>, String> {
+    if items.is_empty() {
+        return Err("`deployments` lists no deployment".into());
+    }
+    let mut parsed: Vec<(Target, bool)> = Vec::with_capacity(items.len());
+    for (j, item) in items.into_iter().enumerate() {
+        let raw = serde_json::from_value::<RawTarget>(item).map_err(|e| format!("deployments[{j}]: {e}"))?;
+        let named = raw.name.is_some();
+        let target = Target::from_raw(raw, default_secret, authority).map_err(|p| format!("deployments[{j}]: {p}"))?;
+        parsed.push((target, named));
+    }
+    // A default name is the deployment's, numbered by the item when another has the same (the
+    // same deployment name in two resources is the usual pool). Never the host: names reach logs
+    // and error messages, upstream URLs do not.
+    let deployments: Vec<String> = parsed.iter().map(|(t, _)| t.deployment.clone()).collect();
+    let mut targets: Vec<Target> = Vec::with_capacity(parsed.len());
+    for (j, (mut target, named)) in parsed.into_iter().enumerate() {
+        if !named && deployments.iter().filter(|d| **d == target.deployment).count() > 1 {
+            target.name = format!("{}#{j}", target.deployment);
+        }
+        for (k, other) in targets.iter().enumerate() {
+            if other.same_deployment(&target) {
+                return Err(format!(
+                    "deployments[{j}]: the same deployment as deployments[{k}] (`{}`)",
+                    other.name
+                ));
+            }
+            if other.name == target.name {
+                return Err(format!(
+                    "deployments[{j}]: the name `{}` is used by deployments[{k}] too",
+                    target.name
+                ));
+            }
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+impl Target {
+    fn from_raw(raw: RawTarget, default_secret: Option<&str>, authority: &Url) -> Result<Self, String> {
+        let api_version = raw.api_version.map(|v| v.trim().to_owned());
+        if let Some(version) = &api_version
+            && (version.is_empty()
+                || !version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            return Err(format!("apiVersion `{version}` is not an Azure api-version"));
+        }
+        let base = checked_url(&raw.base_url).map_err(|p| format!("baseURL {p}"))?;
+        let segments: Vec<&str> = base.path().trim_end_matches('/').split('/').skip(1).collect();
+        let (surface, deployment) = match segments.as_slice() {
+            [.., "openai", "deployments", deployment]
+                if !deployment.is_empty() && deployment.chars().all(is_id_char) =>
+            {
+                if raw.deployment.is_some() {
+                    return Err("`deployment` is for the v1 surface; a deployments baseURL names it already".into());
+                }
+                if api_version.is_none() {
+                    return Err("apiVersion is required with a deployments baseURL".into());
+                }
+                (Surface::Deployments, (*deployment).to_owned())
+            }
+            [.., "openai", "v1"] => {
+                let deployment = raw
+                    .deployment
+                    .map(|d| d.trim().to_owned())
+                    .filter(|d| !d.is_empty() && d.chars().all(is_id_char))
+                    .ok_or_else(|| {
+                        "a v1 baseURL needs `deployment`, the deployment's name (sent as the body's model)".to_owned()
+                    })?;
+                (Surface::V1, deployment)
+            }
+            _ => {
+                return Err("baseURL must end in /openai/deployments/<deployment> or /openai/v1".into());
+            }
+        };
+        let url_for = |operation: &str| {
+            let mut target = base.clone();
+            target.set_path(&format!("{}/images/{operation}", base.path().trim_end_matches('/')));
+            if let Some(version) = &api_version {
+                target.query_pairs_mut().append_pair("api-version", version);
+            }
+            target
+        };
+        let auth = upstream_auth(raw.auth, raw.api_key_secret_id, default_secret, authority)?;
+        let weight = match raw.weight {
+            None => 1,
+            Some(value) => value
+                .as_u64()
+                .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                .map(|w| w as u32)
+                .ok_or_else(|| format!("weight `{value}` is not a whole number from 1 to {MAX_WEIGHT}"))?,
+        };
+        let name = match raw.name.map(|n| n.trim().to_owned()) {
+            None => deployment.clone(),
+            Some(name)
+                if !name.is_empty()
+                    && name.len() <= 100
+                    && name.chars().all(|c| is_id_char(c) || c == '/' || c == '#') =>
+            {
+                name
+            }
+            Some(name) => {
+                return Err(format!(
+                    "name `{name}` must be 1 to 100 of letters, digits, '-', '_', '.', ':', '/' or '#'"
+                ));
+            }
+        };
+        let (generations_url, edits_url) = (url_for("generations"), url_for("edits"));
+        Ok(Self {
+            name,
+            weight,
             deployment,
             api_version,
             surface,
             generations_url,
             edits_url,
             auth,
-            spec,
-            fallbacks: raw.fallbacks,
-            prices,
         })
+    }
+
+    /// Whether both name one Azure deployment (one quota), whatever their api-versions.
+    fn same_deployment(&self, other: &Self) -> bool {
+        let place = |t: &Self| {
+            let url = &t.generations_url;
+            (
+                url.host_str().map(str::to_ascii_lowercase),
+                url.port_or_known_default(),
+                url.path().to_owned(),
+                t.deployment.clone(),
+            )
+        };
+        place(self) == place(other)
     }
 }
 
@@ -688,7 +860,7 @@ mod tests {
     #[test]
     fn an_entry_becomes_the_upstream_url_and_deployment() {
         let cfg = config(&[(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "azure-key")]).expect("valid");
-        let m = &cfg.models[0];
+        let m = cfg.models[0].primary();
         assert_eq!(
             m.generations_url.as_str(),
             "https://res.openai.azure.com/openai/deployments/img1/images/generations?api-version=2025-04-01-preview"
@@ -712,7 +884,7 @@ mod tests {
         let models = r#"[{"name":"a","model":"dall-e-3","baseURL":"https://r.openai.azure.com/openai/deployments/d3","apiVersion":"2024-10-21","apiKeySecretId":"other"}]"#;
         let cfg = config(&[(IMAGE_MODELS, models)]).expect("valid");
         assert_eq!(
-            cfg.models[0].auth,
+            cfg.models[0].primary().auth,
             UpstreamAuth::ApiKey {
                 secret_id: "other".into()
             }
@@ -747,6 +919,11 @@ mod tests {
         config(&[(IMAGE_MODELS, &models), (AZURE_API_KEY_SECRET_ID, "k")]).map(|c| c.models[0].clone())
     }
 
+    /// The one deployment of an entry of `fields`.
+    fn target(fields: &str) -> Result<Target, ConfigError> {
+        entry(fields).map(|e| e.primary().clone())
+    }
+
     #[test]
     fn base_urls_must_be_azure_deployment_urls_over_https() {
         for bad in [
@@ -770,7 +947,9 @@ mod tests {
 
     #[test]
     fn the_v1_surface_names_the_deployment_in_the_body_and_sends_an_api_version_only_when_set() {
-        let v1 = entry(r#""baseURL":"https://r.openai.azure.com/openai/v1","deployment":"img-prod""#).expect("valid");
+        let v1_entry =
+            entry(r#""baseURL":"https://r.openai.azure.com/openai/v1","deployment":"img-prod""#).expect("valid");
+        let v1 = v1_entry.primary();
         assert_eq!(v1.surface, Surface::V1);
         assert_eq!(
             v1.generations_url.as_str(),
@@ -780,9 +959,9 @@ mod tests {
             v1.edits_url.as_str(),
             "https://r.openai.azure.com/openai/v1/images/edits"
         );
-        assert_eq!(v1.upstream_model(), "img-prod");
+        assert_eq!(v1_entry.upstream_model(v1), "img-prod");
         let preview =
-            entry(r#""baseURL":"https://r.services.ai.azure.com/openai/v1/","deployment":"d","apiVersion":"preview""#)
+            target(r#""baseURL":"https://r.services.ai.azure.com/openai/v1/","deployment":"d","apiVersion":"preview""#)
                 .expect("valid");
         assert_eq!(
             preview.generations_url.as_str(),
@@ -794,7 +973,7 @@ mod tests {
         );
         let deployments =
             entry(r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v""#).expect("valid");
-        assert_eq!(deployments.upstream_model(), "gpt-image-1");
+        assert_eq!(deployments.upstream_model(deployments.primary()), "gpt-image-1");
         assert!(
             entry(r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v","deployment":"x""#)
                 .is_err()
@@ -804,14 +983,14 @@ mod tests {
     #[test]
     fn each_entry_chooses_how_it_authenticates() {
         const BASE: &str = r#""baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v""#;
-        let key = entry(&format!(r#"{BASE},"auth":{{"type":"api-key","secretId":"mine"}}"#)).expect("valid");
+        let key = target(&format!(r#"{BASE},"auth":{{"type":"api-key","secretId":"mine"}}"#)).expect("valid");
         assert_eq!(
             key.auth,
             UpstreamAuth::ApiKey {
                 secret_id: "mine".into()
             }
         );
-        let secret = entry(&format!(
+        let secret = target(&format!(
             r#"{BASE},"auth":{{"type":"entra","tenantId":"contoso.onmicrosoft.com","clientId":"c1","clientSecretSecretId":"cs"}}"#
         ))
         .expect("valid");
@@ -827,7 +1006,7 @@ mod tests {
             entra.credential,
             EntraCredential::ClientSecret { secret_id: "cs".into() }
         );
-        let federated = entry(&format!(
+        let federated = target(&format!(
             r#"{BASE},"auth":{{"type":"entra","tenantId":"t","clientId":"c","federation":"aws","scope":"api://x/.default"}}"#
         ))
         .expect("valid");
@@ -859,7 +1038,7 @@ mod tests {
         let models = r#"[{"name":"img","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/d","apiVersion":"v","auth":{"type":"entra","tenantId":"t","clientId":"c","federation":"aws"}}]"#;
         let with = |host: &str| config(&[(IMAGE_MODELS, models), (AZURE_AUTHORITY_HOST, host)]);
         let local = with("http://127.0.0.1:7001").expect("loopback");
-        let UpstreamAuth::Entra(entra) = &local.models[0].auth else {
+        let UpstreamAuth::Entra(entra) = &local.models[0].primary().auth else {
             panic!("entra")
         };
         assert_eq!(entra.token_url.as_str(), "http://127.0.0.1:7001/t/oauth2/v2.0/token");
@@ -886,7 +1065,8 @@ mod tests {
             RetrySettings {
                 max_wait: Duration::from_secs(60),
                 max_retries: 2,
-                attempt_timeout: None
+                attempt_timeout: None,
+                pool_max_wait: Duration::from_secs(5),
             }
         );
         let cfg = config(&[base[0], base[1], (MAX_RETRIES, "0"), (UPSTREAM_TIMEOUT_SECONDS, "45")]).expect("valid");
@@ -896,6 +1076,7 @@ mod tests {
                 max_retries: 0,
                 attempt_timeout: Some(Duration::from_secs(45)),
                 max_wait: Duration::from_secs(60),
+                pool_max_wait: Duration::from_secs(5),
             }
         );
         for (var, bad) in [
@@ -909,6 +1090,8 @@ mod tests {
             (HTTP_API_TIMEOUT_MS, "30001"),
             (UPSTREAM_TIMEOUT_SECONDS, "0"),
             (UPSTREAM_TIMEOUT_SECONDS, "1.5"),
+            (POOL_MAX_WAIT_SECONDS, "901"),
+            (POOL_MAX_WAIT_SECONDS, "-1"),
         ] {
             assert_eq!(config(&[base[0], base[1], (var, bad)]).expect_err(bad).variable, var);
         }
@@ -1061,5 +1244,135 @@ mod tests {
         }
         // Numbers JSON cannot hold are refused by the parser, for the whole variable.
         assert!(with_pricing("dall-e-3", r#"{"perImage":{"hd/1024x1024":1e999}}"#).is_err());
+    }
+
+    fn pool(deployments: &str) -> Result<Config, ConfigError> {
+        let models = format!(r#"[{{"name":"img","model":"gpt-image-1","deployments":{deployments}}}]"#);
+        config(&[(IMAGE_MODELS, &models), (AZURE_API_KEY_SECRET_ID, "k")])
+    }
+
+    #[test]
+    fn an_entry_lists_several_deployments_each_with_its_own_url_auth_and_weight() {
+        let cfg = pool(
+            r#"[{"baseURL":"https://east.openai.azure.com/openai/deployments/img","apiVersion":"2025-04-01-preview","weight":3,"name":"east"},
+                {"baseURL":"https://west.openai.azure.com/openai/v1","deployment":"img-west","apiKeySecretId":"west-key"},
+                {"baseURL":"http://127.0.0.1:4010/openai/deployments/img","apiVersion":"v","auth":{"type":"api-key","secretId":"local"}}]"#,
+        )
+        .expect("valid");
+        let entry = &cfg.models[0];
+        let targets = entry.targets();
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["east", "img-west", "img#2"],
+            "the default name: the deployment's, never the host"
+        );
+        assert_eq!(targets.iter().map(|t| t.weight).collect::<Vec<_>>(), [3, 1, 1]);
+        assert_eq!(
+            targets[0].generations_url.as_str(),
+            "https://east.openai.azure.com/openai/deployments/img/images/generations?api-version=2025-04-01-preview"
+        );
+        assert_eq!(targets[0].auth, UpstreamAuth::ApiKey { secret_id: "k".into() });
+        assert_eq!(targets[1].surface, Surface::V1);
+        assert_eq!(entry.upstream_model(&targets[1]), "img-west");
+        assert_eq!(entry.upstream_model(&targets[0]), "gpt-image-1");
+        assert_eq!(
+            targets[1].auth,
+            UpstreamAuth::ApiKey {
+                secret_id: "west-key".into()
+            }
+        );
+        assert_eq!(
+            targets[2].auth,
+            UpstreamAuth::ApiKey {
+                secret_id: "local".into()
+            }
+        );
+        assert_eq!(
+            cfg.model_by_deployment("img-west").map(|m| m.name.as_str()),
+            Some("img"),
+            "the Azure route finds a pool by any of its deployments"
+        );
+        let one = config(&[(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")]).expect("valid");
+        assert_eq!(one.models[0].targets().len(), 1, "a single baseURL is a pool of one");
+        assert_eq!(one.models[0].primary().name, "img1");
+        let twins = pool(
+            r#"[{"baseURL":"https://a.openai.azure.com/openai/deployments/img","apiVersion":"v"},
+                {"baseURL":"https://b.openai.azure.com/openai/deployments/img","apiVersion":"v"},
+                {"baseURL":"https://c.openai.azure.com/openai/deployments/other","apiVersion":"v"}]"#,
+        )
+        .expect("valid");
+        let names: Vec<&str> = twins.models[0].targets().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["img#0", "img#1", "other"],
+            "numbered when two share a deployment name"
+        );
+    }
+
+    #[test]
+    fn a_bad_pool_is_refused_naming_the_entry_and_the_item() {
+        const A: &str = r#"{"baseURL":"https://a.openai.azure.com/openai/deployments/img","apiVersion":"v"}"#;
+        const B: &str = r#"{"baseURL":"https://b.openai.azure.com/openai/deployments/img","apiVersion":"v"}"#;
+        for (deployments, expected) in [
+            ("[]".to_owned(), "entry 0: `img`: `deployments` lists no deployment"),
+            (
+                format!("[{A},{}]", A.replace(r#""v""#, r#""2024-10-21""#)),
+                "entry 0: `img`: deployments[1]: the same deployment as deployments[0]",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace('}', r#","name":"img#0"}"#)),
+                "entry 0: `img`: deployments[1]: the name `img#0` is used by deployments[0] too",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace('}', r#","weight":0}"#)),
+                "entry 0: `img`: deployments[1]: weight `0` is not a whole number from 1 to 1000",
+            ),
+            (
+                format!(r#"[{}]"#, A.replace('}', r#","weight":1.5}"#)),
+                "deployments[0]: weight `1.5` is not",
+            ),
+            (
+                format!(r#"[{}]"#, A.replace('}', r#","weight":-2}"#)),
+                "deployments[0]: weight `-2` is not",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace('}', r#","weight":1001}"#)),
+                "deployments[1]: weight `1001` is not",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace(r#","apiVersion":"v""#, "")),
+                "deployments[1]: apiVersion is required",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace('}', r#","region":"west"}"#)),
+                "deployments[1]: unknown field `region`",
+            ),
+            (
+                format!(r#"[{A},{}]"#, B.replace('}', r#","name":"a b"}"#)),
+                "deployments[1]: name `a b` must be",
+            ),
+        ] {
+            let err = pool(&deployments).expect_err(&deployments);
+            assert_eq!(err.variable, IMAGE_MODELS);
+            assert!(err.problem.contains(expected), "{deployments}: {err}");
+        }
+        let both = format!(
+            r#"[{{"name":"img","model":"gpt-image-1","baseURL":"https://a.openai.azure.com/openai/deployments/img","apiVersion":"v","deployments":[{B}]}}]"#
+        );
+        let err = config(&[(IMAGE_MODELS, &both), (AZURE_API_KEY_SECRET_ID, "k")]).expect_err("both");
+        assert!(
+            err.problem.contains("set `baseURL` or `deployments`, not both"),
+            "{err}"
+        );
+        let shared = format!(r#"[{{"name":"img","model":"gpt-image-1","apiVersion":"v","deployments":[{B}]}}]"#);
+        let err = config(&[(IMAGE_MODELS, &shared), (AZURE_API_KEY_SECRET_ID, "k")]).expect_err("per item");
+        assert!(err.problem.contains("go in each item"), "{err}");
+        let neither = r#"[{"name":"img","model":"gpt-image-1"}]"#;
+        let err = config(&[(IMAGE_MODELS, neither), (AZURE_API_KEY_SECRET_ID, "k")]).expect_err("neither");
+        assert!(err.problem.contains("needs `baseURL` or `deployments`"), "{err}");
+        let keyless = format!(r#"[{{"name":"img","model":"gpt-image-1","deployments":[{B}]}}]"#);
+        let err = config(&[(IMAGE_MODELS, &keyless)]).expect_err("no key");
+        assert!(err.problem.contains("deployments[0]: has no apiKeySecretId"), "{err}");
     }
 }

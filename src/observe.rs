@@ -11,7 +11,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::config::ModelEntry;
+use crate::config::{ModelEntry, Target};
 use crate::error::ErrorContext;
 use crate::pricing::Prices;
 use crate::reshape::Usage;
@@ -80,6 +80,9 @@ fn now_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
     pub model: String,
+    /// The configured name of the deployment it went to, when its model has
+    /// several (a pool); `None` for a model of one deployment.
+    pub deployment: Option<String>,
     /// Azure's status; `None` when no answer came.
     pub status: Option<u16>,
     /// What became of it: `ok`, or the error code the client would see.
@@ -115,6 +118,8 @@ pub struct RequestLog {
     pub served_model: Option<String>,
     pub azure_model: Option<String>,
     pub deployment: Option<String>,
+    /// The configured name of the pool's deployment that answered (models of several only).
+    pub pool_deployment: Option<String>,
     pub n: Option<u32>,
     pub size: Option<String>,
     pub quality: Option<String>,
@@ -145,6 +150,7 @@ impl RequestLog {
             served_model: None,
             azure_model: None,
             deployment: None,
+            pool_deployment: None,
             n: None,
             size: None,
             quality: None,
@@ -161,14 +167,17 @@ impl RequestLog {
     /// The configured model the request selected.
     pub fn selected(&mut self, entry: &ModelEntry) {
         self.model = Some(entry.name.clone());
-        self.set_azure(entry);
+        self.set_azure(entry, entry.primary());
     }
 
-    /// The configured model that answered.
-    pub fn served_by(&mut self, entry: &ModelEntry) {
+    /// The configured model that answered, and its deployment that did.
+    pub fn served_by(&mut self, entry: &ModelEntry, target: &Target) {
         self.served_model = Some(entry.name.clone());
         self.prices = entry.prices.clone();
-        self.set_azure(entry);
+        self.set_azure(entry, target);
+        if entry.targets().len() > 1 {
+            self.pool_deployment = Some(target.name.clone());
+        }
     }
 
     /// What the request cost in US dollars, from what Azure reported (its
@@ -186,9 +195,9 @@ impl RequestLog {
         )
     }
 
-    fn set_azure(&mut self, entry: &ModelEntry) {
+    fn set_azure(&mut self, entry: &ModelEntry, target: &Target) {
         self.azure_model = Some(entry.model.clone());
-        self.deployment = Some(entry.deployment.clone());
+        self.deployment = Some(target.deployment.clone());
     }
 
     /// What the error body says about this request.
@@ -221,9 +230,72 @@ impl RequestLog {
         let error_code = error_code.or(self.late_error.as_deref());
         let total_ms = self.started.elapsed().as_millis() as u64;
         self.log(status, error_code, bytes_out, total_ms);
-        if let Some(line) = self.emf(&metrics.namespace, now_ms(), status, error_code, total_ms) {
+        let now = now_ms();
+        if let Some(line) = self.emf(&metrics.namespace, now, status, error_code, total_ms) {
             (metrics.write)(&line);
         }
+        for line in self.deployment_emf(&metrics.namespace, now) {
+            (metrics.write)(&line);
+        }
+    }
+
+    /// One EMF record per deployment of a pool this request's attempts went
+    /// to, by `Model` and `Deployment` (configured names only): its attempts
+    /// (`Requests`), its 429s (`Throttles`), its other failures (`Errors`),
+    /// and the time spent on it (`UpstreamLatency`).
+    fn deployment_emf(&self, namespace: &str, timestamp_ms: u64) -> Vec<String> {
+        if !self.metered {
+            return Vec::new();
+        }
+        let mut per: Vec<(&str, &str, [u64; 4])> = Vec::new();
+        for attempt in &self.attempts {
+            let Some(deployment) = attempt.deployment.as_deref() else {
+                continue;
+            };
+            let i = match per.iter().position(|(m, d, _)| *m == attempt.model && *d == deployment) {
+                Some(i) => i,
+                None => {
+                    per.push((&attempt.model, deployment, [0; 4]));
+                    per.len() - 1
+                }
+            };
+            let counts = &mut per[i].2;
+            let throttled = attempt.status == Some(429);
+            // A refused key or stream is asked again at once: neither is the deployment failing.
+            let failed = !throttled && !matches!(attempt.outcome.as_str(), "ok" | "key_rejected" | "stream_refused");
+            counts[0] += 1;
+            counts[1] += u64::from(throttled);
+            counts[2] += u64::from(failed);
+            counts[3] += attempt.ms;
+        }
+        let metrics = json!([
+            {"Name": "Requests", "Unit": "Count"},
+            {"Name": "Throttles", "Unit": "Count"},
+            {"Name": "Errors", "Unit": "Count"},
+            {"Name": "UpstreamLatency", "Unit": "Milliseconds"},
+        ]);
+        per.into_iter()
+            .filter_map(|(model, deployment, [requests, throttles, errors, ms])| {
+                let record = json!({
+                    "Model": model,
+                    "Deployment": deployment,
+                    "RequestId": self.request_id,
+                    "Requests": requests,
+                    "Throttles": throttles,
+                    "Errors": errors,
+                    "UpstreamLatency": ms,
+                    "_aws": {
+                        "Timestamp": timestamp_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": namespace,
+                            "Dimensions": [["Model", "Deployment"]],
+                            "Metrics": metrics,
+                        }],
+                    },
+                });
+                serde_json::to_string(&record).ok()
+            })
+            .collect()
     }
 
     /// The one log line, at info.
@@ -233,7 +305,10 @@ impl RequestLog {
             .iter()
             .map(|a| {
                 let status = a.status.map_or_else(|| "none".to_owned(), |s| s.to_string());
-                format!("{}:{status}:{}:{}ms", a.model, a.outcome, a.ms)
+                match &a.deployment {
+                    Some(deployment) => format!("{}@{deployment}:{status}:{}:{}ms", a.model, a.outcome, a.ms),
+                    None => format!("{}:{status}:{}:{}ms", a.model, a.outcome, a.ms),
+                }
             })
             .collect();
         let usage = self.usage.unwrap_or_default();
@@ -247,6 +322,7 @@ impl RequestLog {
             served_model = self.served_model,
             azure_model = self.azure_model,
             deployment = self.deployment,
+            pool_deployment = self.pool_deployment,
             fallback_used = self.fallback_used(),
             n = self.n,
             size = self.size,
@@ -364,6 +440,7 @@ mod tests {
     fn attempt(status: u16, outcome: &str, ms: u64) -> AttemptRecord {
         AttemptRecord {
             model: "azure-image".into(),
+            deployment: None,
             status: Some(status),
             outcome: outcome.into(),
             ms,
@@ -460,5 +537,51 @@ mod tests {
         log.prices = None;
         assert_eq!(log.cost_usd(), None, "no price: unknown");
         assert!(emf(&log, 200, None, 10).get("CostUSD").is_none());
+    }
+
+    #[test]
+    fn attempts_on_a_pool_make_a_record_per_deployment_and_name_it_in_the_log() {
+        let mut log = log("openai_generations");
+        let at = |deployment: &str, status: u16, outcome: &str, ms: u64| AttemptRecord {
+            deployment: Some(deployment.into()),
+            ..attempt(status, outcome, ms)
+        };
+        log.attempts = vec![
+            at("east", 429, "rate_limit_exceeded", 5),
+            at("west", 503, "upstream_error", 7),
+            at("east", 429, "rate_limit_exceeded", 3),
+            at("west", 200, "ok", 40),
+            attempt(200, "ok", 9),
+        ];
+        let records: Vec<Value> = log
+            .deployment_emf("AzureOpenAIImage", 1)
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("EMF is JSON"))
+            .collect();
+        assert_eq!(records.len(), 2, "attempts without a deployment make none");
+        let figures = |r: &Value| {
+            (
+                r["Deployment"].as_str().map(str::to_owned),
+                r["Requests"].as_u64(),
+                r["Throttles"].as_u64(),
+                r["Errors"].as_u64(),
+                r["UpstreamLatency"].as_u64(),
+            )
+        };
+        assert_eq!(
+            figures(&records[0]),
+            (Some("east".into()), Some(2), Some(2), Some(0), Some(8))
+        );
+        assert_eq!(
+            figures(&records[1]),
+            (Some("west".into()), Some(2), Some(0), Some(1), Some(47))
+        );
+        assert_eq!(records[0]["Model"], "azure-image");
+        assert_eq!(
+            records[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Model", "Deployment"]])
+        );
+        log.metered = false;
+        assert!(log.deployment_emf("AzureOpenAIImage", 1).is_empty());
     }
 }

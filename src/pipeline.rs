@@ -65,11 +65,8 @@ pub(crate) async fn serve(
     // streams gets it while Azure's arrives.
     let commit_after = req.response_limit.is_none().then_some(COMMIT_AFTER);
     let call = plan.call(budget, Want::Images { commit_after }, req.response_limit);
-    let (delivery, served) = app
-        .azure()
-        .call(app.credentials(), app.no_stream(), call, &mut log.attempts)
-        .await?;
-    log.served_by(served);
+    let (delivery, served, target) = app.azure().call(app.learnt(), call, &mut log.attempts).await?;
+    log.served_by(served, target);
     match delivery {
         Delivery::Images(Success {
             reshaper,

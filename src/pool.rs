@@ -66,6 +66,8 @@ pub enum Pick {
     Target(usize),
     /// Every deployment is cooling down; the first frees up at `until`.
     AllCooling { until: Instant },
+    /// Every deployment has had its chance at this request.
+    Spent,
 }
 
 /// What to do when every deployment is cooling down.
@@ -203,8 +205,9 @@ impl Pool {
     /// cooling down at `now`: one this request has not `tried` yet if there is
     /// one; of those, the one with the most room; of equals, one at random in
     /// proportion to the weights. A tried deployment is picked again only when
-    /// it is the only kind left not cooling down.
-    pub fn pick(&self, now: Instant, tried: &[usize]) -> Pick {
+    /// it is the only kind left not cooling down. The `spent` ones (out of
+    /// retries for this request, or refusing it) are never picked.
+    pub fn pick(&self, now: Instant, tried: &[usize], spent: &[usize]) -> Pick {
         let mut state = self.lock();
         let State { targets, rng } = &mut *state;
         let mut best: Option<(bool, Room)> = None;
@@ -213,6 +216,9 @@ impl Pool {
         let mut equal_weight = 0;
         let mut soonest: Option<Instant> = None;
         for (i, target) in targets.iter().enumerate() {
+            if spent.contains(&i) {
+                continue;
+            }
             if let Some(until) = target.cooling_until(now) {
                 soonest = Some(soonest.map_or(until, |s| s.min(until)));
                 continue;
@@ -231,9 +237,9 @@ impl Pool {
             }
         }
         if best.is_none() {
-            // Every deployment is cooling down, so `soonest` is set.
-            return Pick::AllCooling {
-                until: soonest.unwrap_or(now),
+            return match soonest {
+                Some(until) => Pick::AllCooling { until },
+                None => Pick::Spent,
             };
         }
         // Azure's counter will be one lower once this request reaches it: concurrent
@@ -311,7 +317,7 @@ mod tests {
     fn picked(pick: Pick) -> usize {
         match pick {
             Pick::Target(i) => i,
-            Pick::AllCooling { .. } => panic!("expected a deployment, got {pick:?}"),
+            Pick::AllCooling { .. } | Pick::Spent => panic!("expected a deployment, got {pick:?}"),
         }
     }
 
@@ -328,7 +334,7 @@ mod tests {
         let now = Instant::now();
         let mut counts = [0; 2];
         for _ in 0..4000 {
-            counts[picked(pool.pick(now, &[]))] += 1;
+            counts[picked(pool.pick(now, &[], &[]))] += 1;
         }
         assert!((2850..=3150).contains(&counts[0]), "3:1 over 4000: {counts:?}");
     }
@@ -339,7 +345,7 @@ mod tests {
         let now = Instant::now();
         let mut counts = [0; 10];
         for _ in 0..10_000 {
-            counts[picked(pool.pick(now, &[]))] += 1;
+            counts[picked(pool.pick(now, &[], &[]))] += 1;
         }
         assert!(counts.iter().all(|c| (850..=1150).contains(c)), "{counts:?}");
     }
@@ -350,7 +356,7 @@ mod tests {
         let now = Instant::now();
         pool.report_success(0, now, room(10, 50_000));
         pool.report_success(1, now, room(40, 50_000));
-        assert_eq!(pool.pick(now, &[]), Pick::Target(1));
+        assert_eq!(pool.pick(now, &[], &[]), Pick::Target(1));
     }
 
     #[test]
@@ -360,7 +366,7 @@ mod tests {
         pool.report_success(0, now, room(9, 90_000));
         pool.report_success(1, now, room(10, 1_000));
         pool.report_success(2, now, room(10, 2_000));
-        assert_eq!(pool.pick(now, &[]), Pick::Target(2), "equal requests: more tokens");
+        assert_eq!(pool.pick(now, &[], &[]), Pick::Target(2), "equal requests: more tokens");
     }
 
     #[test]
@@ -369,7 +375,7 @@ mod tests {
         let now = Instant::now();
         pool.report_success(0, now, room(50, 0));
         pool.report_success(1, now, room(1, 10));
-        assert_eq!(pool.pick(now, &[]), Pick::Target(1));
+        assert_eq!(pool.pick(now, &[], &[]), Pick::Target(1));
     }
 
     #[test]
@@ -377,9 +383,13 @@ mod tests {
         let pool = pool(&[1, 1]);
         let now = Instant::now();
         pool.report_success(0, now, room(500, 500_000));
-        assert_eq!(pool.pick(now, &[]), Pick::Target(1), "never reported");
+        assert_eq!(pool.pick(now, &[], &[]), Pick::Target(1), "never reported");
         pool.report_success(1, now, Remaining::default());
-        assert_eq!(pool.pick(now, &[]), Pick::Target(1), "answered without the headers");
+        assert_eq!(
+            pool.pick(now, &[], &[]),
+            Pick::Target(1),
+            "answered without the headers"
+        );
     }
 
     #[test]
@@ -391,7 +401,7 @@ mod tests {
         let later = now + CAPACITY_FRESH_FOR;
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[picked(pool.pick(later, &[]))] += 1;
+            counts[picked(pool.pick(later, &[], &[]))] += 1;
         }
         assert!(counts[0] > 400 && counts[1] > 400, "by weight again: {counts:?}");
     }
@@ -403,7 +413,7 @@ mod tests {
         pool.report_success(0, now, room(3, 100));
         pool.report_success(1, now, room(2, 100));
         // 3 and 2: the first pick takes the 3, leaving 2 and 2; the next two take one each.
-        let picks: Vec<usize> = (0..3).map(|_| picked(pool.pick(now, &[]))).collect();
+        let picks: Vec<usize> = (0..3).map(|_| picked(pool.pick(now, &[], &[]))).collect();
         assert_eq!(picks[0], 0);
         assert_eq!(picks.iter().filter(|i| **i == 1).count(), 1, "{picks:?}");
     }
@@ -421,10 +431,10 @@ mod tests {
             let pool = pool(&[1]);
             assert_eq!(pool.report_throttled(0, now, asked), expected);
             assert_eq!(
-                pool.pick(now + expected - Duration::from_millis(1), &[]),
+                pool.pick(now + expected - Duration::from_millis(1), &[], &[]),
                 Pick::AllCooling { until: now + expected }
             );
-            assert_eq!(pool.pick(now + expected, &[]), Pick::Target(0), "{asked:?}");
+            assert_eq!(pool.pick(now + expected, &[], &[]), Pick::Target(0), "{asked:?}");
         }
     }
 
@@ -432,12 +442,12 @@ mod tests {
     fn a_429_spills_over_to_another_deployment_at_once() {
         let pool = pool(&[1, 1, 1]);
         let now = Instant::now();
-        let first = picked(pool.pick(now, &[]));
+        let first = picked(pool.pick(now, &[], &[]));
         pool.report_throttled(first, now, Some(55 * SECOND));
-        let second = picked(pool.pick(now, &[first]));
+        let second = picked(pool.pick(now, &[first], &[]));
         assert_ne!(second, first);
         for _ in 0..100 {
-            assert_ne!(picked(pool.pick(now, &[])), first, "cooling down for everyone");
+            assert_ne!(picked(pool.pick(now, &[], &[])), first, "cooling down for everyone");
         }
     }
 
@@ -448,8 +458,8 @@ mod tests {
         pool.report_throttled(0, now, Some(55 * SECOND));
         pool.report_throttled(1, now, Some(3 * SECOND));
         pool.report_failure(2, now);
-        assert_eq!(pool.pick(now, &[]), Pick::AllCooling { until: now + SECOND });
-        assert_eq!(pool.pick(now + SECOND, &[]), Pick::Target(2));
+        assert_eq!(pool.pick(now, &[], &[]), Pick::AllCooling { until: now + SECOND });
+        assert_eq!(pool.pick(now + SECOND, &[], &[]), Pick::Target(2));
     }
 
     #[test]
@@ -514,7 +524,7 @@ mod tests {
         let cooldowns: Vec<u64> = (0..8).map(|_| pool.report_failure(0, now).as_secs()).collect();
         assert_eq!(cooldowns, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(
-            pool.pick(now + 29 * SECOND, &[]),
+            pool.pick(now + 29 * SECOND, &[], &[]),
             Pick::AllCooling {
                 until: now + 30 * SECOND
             }
@@ -530,7 +540,7 @@ mod tests {
         }
         // An attempt begun before the failures answers well: the deployment works.
         pool.report_success(0, now, Remaining::default());
-        assert_eq!(pool.pick(now, &[]), Pick::Target(0));
+        assert_eq!(pool.pick(now, &[], &[]), Pick::Target(0));
         assert_eq!(pool.report_failure(0, now), FIRST_FAILURE_COOLDOWN);
     }
 
@@ -541,7 +551,7 @@ mod tests {
         pool.report_throttled(0, now, Some(10 * SECOND));
         pool.report_success(0, now, room(5, 100));
         assert_eq!(
-            pool.pick(now, &[]),
+            pool.pick(now, &[], &[]),
             Pick::AllCooling {
                 until: now + 10 * SECOND
             }
@@ -553,11 +563,11 @@ mod tests {
         let pool = pool(&[1000, 1, 1]);
         let now = Instant::now();
         for _ in 0..200 {
-            assert_eq!(pool.pick(now, &[0, 2]), Pick::Target(1));
+            assert_eq!(pool.pick(now, &[0, 2], &[]), Pick::Target(1));
         }
         pool.report_success(1, now, room(0, 0));
         assert_eq!(
-            pool.pick(now, &[0, 2]),
+            pool.pick(now, &[0, 2], &[]),
             Pick::Target(1),
             "untried first, even when full"
         );
@@ -568,8 +578,26 @@ mod tests {
         let pool = pool(&[1, 1]);
         let now = Instant::now();
         pool.report_failure(1, now);
-        assert_eq!(pool.pick(now, &[0]), Pick::Target(0));
-        assert_eq!(pool.pick(now, &[0, 1]), Pick::Target(0));
+        assert_eq!(pool.pick(now, &[0], &[]), Pick::Target(0));
+        assert_eq!(pool.pick(now, &[0, 1], &[]), Pick::Target(0));
+    }
+
+    #[test]
+    fn spent_deployments_are_never_picked_and_none_left_says_so() {
+        let pool = pool(&[1000, 1, 1]);
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert_ne!(pool.pick(now, &[], &[0]), Pick::Target(0));
+        }
+        pool.report_throttled(2, now, Some(3 * SECOND));
+        assert_eq!(
+            pool.pick(now, &[], &[0, 1]),
+            Pick::AllCooling {
+                until: now + 3 * SECOND
+            },
+            "a spent deployment's room does not count"
+        );
+        assert_eq!(pool.pick(now, &[0, 1, 2], &[0, 1, 2]), Pick::Spent);
     }
 
     #[test]
@@ -589,7 +617,9 @@ mod tests {
         assert!(Pool::new(Vec::new()).is_none());
         let pool = pool(&[0, 1]);
         let now = Instant::now();
-        let zeros = (0..1000).filter(|_| pool.pick(now, &[]) == Pick::Target(0)).count();
+        let zeros = (0..1000)
+            .filter(|_| pool.pick(now, &[], &[]) == Pick::Target(0))
+            .count();
         assert!((400..=600).contains(&zeros), "{zeros}");
         assert_eq!(pool.name(1), Some("t1"));
         assert_eq!(pool.name(2), None);

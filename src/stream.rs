@@ -35,11 +35,8 @@ use crate::upstream::{UpstreamError, upstream_unavailable};
 /// Answers a `stream: true` request.
 pub(crate) async fn answer(app: &App, call: Call<'_>, log: &mut RequestLog) -> Result<Answer, ApiError> {
     let (operation, request) = (call.operation, call.request);
-    let (delivery, served) = app
-        .azure()
-        .call(app.credentials(), app.no_stream(), call, &mut log.attempts)
-        .await?;
-    log.served_by(served);
+    let (delivery, served, target) = app.azure().call(app.learnt(), call, &mut log.attempts).await?;
+    log.served_by(served, target);
     let names = operation.events();
     let body = match delivery {
         Delivery::Events(upstream) => {

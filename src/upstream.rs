@@ -29,6 +29,11 @@ impl std::fmt::Debug for UpstreamResponse {
 }
 
 impl UpstreamResponse {
+    /// A 429: the deployment is past its quota for now.
+    pub fn is_throttled(&self) -> bool {
+        self.status.as_u16() == 429
+    }
+
     /// A 401: the key (or token) was refused, perhaps rotated since it was cached.
     pub fn rejects_key(&self) -> bool {
         self.status.as_u16() == 401
@@ -208,6 +213,18 @@ pub fn upstream_error(response: &UpstreamResponse, entry: &ModelEntry) -> ApiErr
             ),
         ),
     }
+}
+
+/// Every deployment of a pool is cooling down after 429s or failures, and
+/// none frees up soon enough to wait for (the caller sets `Retry-After`).
+pub fn pool_busy(entry: &ModelEntry) -> ApiError {
+    ApiError::new(
+        error::UPSTREAM_RATE_LIMITED,
+        format!(
+            "Every Azure deployment for model `{}` is rate limited or failing. Please retry after the time in the Retry-After header.",
+            entry.name
+        ),
+    )
 }
 
 /// No answer at all: a timeout is 504, anything else 502.

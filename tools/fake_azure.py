@@ -22,6 +22,12 @@ Prompts can ask for a fault, the way tests need them:
 A gpt-image deployment streams (`stream: true`: partial images, then one
 completed event per image) unless its entry says "streams": false; then it
 refuses `stream` with a 400, as a dated api-version does.
+
+A deployment whose entry sets "images_per_minute": N has Azure's quota: N
+images per rolling minute. Past it, Azure's 429 (its body, `retry-after`,
+`retry-after-ms`, `x-ratelimit-remaining-requests: 0`) until the oldest image
+of the window is a minute old; within it, every answer carries
+`x-ratelimit-remaining-requests` (images left in the window).
   [not-json]        200 with a body that is not JSON
 
 Run alone: python fake_azure.py --port 8081 --deployments '{"img":{"model":"gpt-image-1","api_version":"2025-04-01-preview"}}' --key KEY
@@ -92,6 +98,11 @@ class FakeAzure:
         self.images: dict[str, bytes] = {}
         self.delay = 0.0
         self.seen_prompts: set[str] = set()
+        # Per deployment with a quota: when each image of the last minute was made.
+        self.windows: dict[str, list[float]] = {}
+        # Per deployment: images made, and requests refused with 429 for the quota.
+        self.served: dict[str, int] = {}
+        self.throttled: dict[str, int] = {}
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -121,6 +132,39 @@ class FakeAzure:
             self.requests.clear()
             self.violations.clear()
 
+    def reset_quotas(self) -> None:
+        with self.lock:
+            self.windows.clear()
+            self.served.clear()
+            self.throttled.clear()
+
+    def take_quota(self, name: str, deployment: dict, images: int) -> tuple[bool, dict]:
+        """Takes `images` of the deployment's quota: whether it had room, and
+        the rate-limit headers of the answer."""
+        limit = deployment.get("images_per_minute")
+        if limit is None:
+            with self.lock:
+                self.served[name] = self.served.get(name, 0) + images
+            return True, {}
+        now = time.monotonic()
+        with self.lock:
+            window = [t for t in self.windows.get(name, []) if now - t < 60]
+            if len(window) + images > limit:
+                self.windows[name] = window
+                self.throttled[name] = self.throttled.get(name, 0) + 1
+                # Room for `images` once enough of the oldest are a minute old.
+                frees = window[len(window) + images - limit - 1] + 60 if images <= limit else now + 60
+                wait = max(frees - now, 0.001)
+                return False, {
+                    "retry-after": str(int(wait) + 1),
+                    "retry-after-ms": str(int(wait * 1000) + 1),
+                    "x-ratelimit-remaining-requests": "0",
+                }
+            window.extend([now] * images)
+            self.windows[name] = window
+            self.served[name] = self.served.get(name, 0) + images
+            return True, {"x-ratelimit-remaining-requests": str(limit - len(window))}
+
     def set_keys(self, keys: list[str]) -> None:
         with self.lock:
             self.keys = list(keys)
@@ -140,6 +184,8 @@ class FakeAzure:
             protocol_version = "HTTP/1.1"
             # Headers and body go out as separate writes: without this, Nagle holds the body ~40 ms.
             disable_nagle_algorithm = True
+            # The rate-limit headers of the request being answered (reassigned, never mutated).
+            quota_headers: dict = {}
 
             def log_message(self, *args):  # quiet: tests read `requests`
                 pass
@@ -149,7 +195,7 @@ class FakeAzure:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("apim-request-id", "fake-apim-0001")
-                for k, v in (headers or {}).items():
+                for k, v in {**self.quota_headers, **(headers or {})}.items():
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
@@ -174,6 +220,8 @@ class FakeAzure:
                 self._send(404, b"{}")
 
             def do_POST(self):
+                # One handler serves every request of a kept-alive connection.
+                self.quota_headers = {}
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 parsed = urllib.parse.urlsplit(self.path)
@@ -228,6 +276,7 @@ class FakeAzure:
                         fake._violation("an Authorization header reached Azure")
                     if not record["api_key_ok"]:
                         return self._error(401, {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."})
+                deployment = {**deployment, "name": named if v1 else parts[3]}
                 if v1:
                     deployment = {**deployment, "model_in_body": named}
                 if edit:
@@ -246,11 +295,23 @@ class FakeAzure:
                     return self._error(400, {"code": "invalid_value", "message": problem, "type": "invalid_request_error", "param": None})
                 if fake.delay:
                     time.sleep(fake.delay)
+                if body.get("stream") and not deployment.get("streams", True):
+                    return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
+                room, self.quota_headers = fake.take_quota(deployment["name"], deployment, body.get("n", 1))
+                if not room:
+                    return self._throttled("ImageGenerations_Create", query)
                 if body.get("stream"):
-                    if not deployment.get("streams", True):
-                        return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
                     return self._stream(body)
                 return self._answer(body, deployment["model"])
+
+            def _throttled(self, operation: str, query: dict):
+                """Azure's 429 for a deployment past its quota."""
+                version = (query.get("api-version") or ["v1"])[0]
+                seconds = self.quota_headers["retry-after"]
+                return self._error(429, {
+                    "code": "429",
+                    "message": f"Requests to the {operation} Operation under Azure OpenAI API version {version} have exceeded call rate limit of your current OpenAI S0 pricing tier. Please retry after {seconds} seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit.",
+                }, headers=self.quota_headers)
 
             def _edit(self, raw: bytes, deployment: dict):
                 """Azure's edits route: multipart only; every part checked."""
@@ -276,9 +337,12 @@ class FakeAzure:
                 body = {**fields, "n": int(fields.get("n", "1"))}
                 if "partial_images" in fields:
                     body["partial_images"] = int(fields["partial_images"])
+                if fields.get("stream") == "true" and not deployment.get("streams", True):
+                    return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
+                room, self.quota_headers = fake.take_quota(deployment["name"], deployment, body["n"])
+                if not room:
+                    return self._throttled("ImageEdits_Create", urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
                 if fields.get("stream") == "true":
-                    if not deployment.get("streams", True):
-                        return self._error(400, {"code": "invalid_value", "param": "stream", "type": "invalid_request_error", "message": "Unrecognized request argument supplied: stream"})
                     return self._stream(body, "image_edit")
                 return self._answer(body, deployment["model"])
 
@@ -292,6 +356,8 @@ class FakeAzure:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.send_header("apim-request-id", "fake-apim-0001")
+                for k, v in self.quota_headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 for i in range(n):
                     for p in range(body.get("partial_images", 0)):

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::generation::{GenerationRequest, describe_json_error};
 use super::{EventNames, OperationRequest, UpstreamRequest};
-use crate::config::ModelEntry;
+use crate::config::{ModelEntry, Target};
 use crate::error::{self, ApiError, printable};
 use crate::image::{self, Format, ImageInfo};
 use crate::json_text::RawObject;
@@ -346,8 +346,8 @@ impl EditRequest {
     /// The multipart body Azure's edits route takes: the options as text
     /// fields (the Azure model as `model`), then each image as a file with
     /// its real content type, then the mask.
-    fn upstream_form(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest {
-        let mut fields = self.options.forwarded_fields(entry);
+    fn upstream_form(&self, entry: &ModelEntry, target: &Target, stream: bool) -> UpstreamRequest {
+        let mut fields = self.options.forwarded_fields(entry, target);
         if stream {
             fields.insert("stream".into(), Value::Bool(true));
         } else {
@@ -510,7 +510,7 @@ impl OperationRequest for EditRequest {
         EditRequest::validate_for(self, spec)
     }
 
-    fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest {
-        self.upstream_form(entry, stream)
+    fn upstream(&self, entry: &ModelEntry, target: &Target, stream: bool) -> UpstreamRequest {
+        self.upstream_form(entry, target, stream)
     }
 }

@@ -11,7 +11,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::{EventNames, OperationRequest, UpstreamRequest};
-use crate::config::ModelEntry;
+use crate::config::{ModelEntry, Target};
 use crate::error::{self, ApiError};
 use crate::models::{GPT_IMAGE_ONLY, ModelSpec, Values};
 
@@ -118,11 +118,11 @@ impl OperationRequest for GenerationRequest {
         GenerationRequest::validate_for(self, spec)
     }
 
-    fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest {
+    fn upstream(&self, entry: &ModelEntry, target: &Target, stream: bool) -> UpstreamRequest {
         let body = if stream {
-            self.upstream_stream_body(entry)
+            self.upstream_stream_body(entry, target)
         } else {
-            self.upstream_body(entry)
+            self.upstream_body(entry, target)
         };
         UpstreamRequest {
             body: vec![Bytes::from(body)],
@@ -351,8 +351,8 @@ impl GenerationRequest {
     /// connector's own and those the model does not take silently, with
     /// `model` set to the Azure model, never the client's alias. A client's
     /// stream made from a buffered call asks dall-e-3 for b64_json: events carry images.
-    pub fn upstream_body(&self, entry: &ModelEntry) -> Vec<u8> {
-        let mut body = self.forwarded_fields(entry);
+    pub fn upstream_body(&self, entry: &ModelEntry, target: &Target) -> Vec<u8> {
+        let mut body = self.forwarded_fields(entry, target);
         body.remove("partial_images");
         if self.stream && !entry.spec.always_b64 {
             body.insert("response_format".into(), Value::String("b64_json".into()));
@@ -362,13 +362,13 @@ impl GenerationRequest {
 
     /// The JSON body of a streamed Azure call: `stream: true`, with the
     /// client's `partial_images`.
-    pub fn upstream_stream_body(&self, entry: &ModelEntry) -> Vec<u8> {
-        let mut body = self.forwarded_fields(entry);
+    pub fn upstream_stream_body(&self, entry: &ModelEntry, target: &Target) -> Vec<u8> {
+        let mut body = self.forwarded_fields(entry, target);
         body.insert("stream".into(), Value::Bool(true));
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    pub(crate) fn forwarded_fields(&self, entry: &ModelEntry) -> Map<String, Value> {
+    pub(crate) fn forwarded_fields(&self, entry: &ModelEntry, target: &Target) -> Map<String, Value> {
         let mut body = Map::with_capacity(self.fields.len() + 1);
         for (key, value) in &self.fields {
             let skip = CONNECTOR_ONLY.contains(&key.as_str())
@@ -379,7 +379,7 @@ impl GenerationRequest {
                 body.insert(key.clone(), value.clone());
             }
         }
-        body.insert("model".into(), Value::String(entry.upstream_model().to_owned()));
+        body.insert("model".into(), Value::String(entry.upstream_model(target).to_owned()));
         body
     }
 }
@@ -490,6 +490,17 @@ mod tests {
 
     fn validate(body: &str, spec: &ModelSpec) -> Result<(), ApiError> {
         parse(body)?.validate_for(spec)
+    }
+
+    /// The body for an entry of `model` and its one deployment.
+    fn body(req: &GenerationRequest, model: &str, stream: bool) -> Value {
+        let entry = entry(model);
+        let bytes = if stream {
+            req.upstream_stream_body(&entry, entry.primary())
+        } else {
+            req.upstream_body(&entry, entry.primary())
+        };
+        serde_json::from_slice(&bytes).expect("json")
     }
 
     fn entry(model: &str) -> ModelEntry {
@@ -653,13 +664,13 @@ mod tests {
     #[test]
     fn stream_bodies_ask_azure_to_stream_and_buffered_ones_do_not() {
         let req = parse(r#"{"prompt":"p","stream":true,"partial_images":2,"fallbacks":[]}"#).expect("valid");
-        let streamed: Value = serde_json::from_slice(&req.upstream_stream_body(&entry("gpt-image-1"))).expect("json");
+        let streamed = body(&req, "gpt-image-1", true);
         assert_eq!(streamed["stream"], true);
         assert_eq!(streamed["partial_images"], 2);
         assert!(streamed.get("fallbacks").is_none());
-        let buffered: Value = serde_json::from_slice(&req.upstream_body(&entry("gpt-image-1"))).expect("json");
+        let buffered = body(&req, "gpt-image-1", false);
         assert!(buffered.get("stream").is_none() && buffered.get("partial_images").is_none());
-        let dalle: Value = serde_json::from_slice(&req.upstream_body(&entry("dall-e-3"))).expect("json");
+        let dalle = body(&req, "dall-e-3", false);
         assert_eq!(
             dalle["response_format"], "b64_json",
             "a dall-e-3 stream needs the image data"
@@ -669,16 +680,16 @@ mod tests {
     #[test]
     fn upstream_body_uses_the_azure_model_and_drops_connector_fields() {
         let req = parse(r#"{"model":"alias","prompt":"p","n":2,"stream":false,"fallbacks":["b"],"response_format":"b64_json","partial_images":2,"new_azure_param":{"x":1},"size":null}"#).expect("valid");
-        let body: Value = serde_json::from_slice(&req.upstream_body(&entry("gpt-image-1"))).expect("json");
-        assert_eq!(body["model"], "gpt-image-1");
-        assert_eq!(body["prompt"], "p");
-        assert_eq!(body["n"], 2);
-        assert_eq!(body["new_azure_param"]["x"], 1);
+        let sent = body(&req, "gpt-image-1", false);
+        assert_eq!(sent["model"], "gpt-image-1");
+        assert_eq!(sent["prompt"], "p");
+        assert_eq!(sent["n"], 2);
+        assert_eq!(sent["new_azure_param"]["x"], 1);
         for gone in ["stream", "fallbacks", "response_format", "partial_images", "size"] {
-            assert!(body.get(gone).is_none(), "{gone} must not go upstream");
+            assert!(sent.get(gone).is_none(), "{gone} must not go upstream");
         }
-        let body: Value = serde_json::from_slice(&req.upstream_body(&entry("dall-e-3"))).expect("json");
-        assert_eq!(body["model"], "dall-e-3");
-        assert_eq!(body["response_format"], "b64_json");
+        let sent = body(&req, "dall-e-3", false);
+        assert_eq!(sent["model"], "dall-e-3");
+        assert_eq!(sent["response_format"], "b64_json");
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::HeaderValue;
 
-use crate::config::ModelEntry;
+use crate::config::{ModelEntry, Target};
 use crate::error::ApiError;
 use crate::models::ModelSpec;
 
@@ -56,11 +56,11 @@ impl Operation {
         }
     }
 
-    /// The entry's Azure URL for this operation, built at start-up.
-    pub fn url(self, entry: &ModelEntry) -> &url::Url {
+    /// The deployment's Azure URL for this operation, built at start-up.
+    pub fn url(self, target: &Target) -> &url::Url {
         match self {
-            Self::Generation => &entry.generations_url,
-            Self::Edit => &entry.edits_url,
+            Self::Generation => &target.generations_url,
+            Self::Edit => &target.edits_url,
         }
     }
 
@@ -98,8 +98,8 @@ pub trait OperationRequest: Send + Sync {
     fn option(&self, field: &str) -> Option<&str>;
     /// The checks of one model family.
     fn validate_for(&self, spec: &ModelSpec) -> Result<(), ApiError>;
-    /// What Azure receives for `entry`: streamed (`stream: true`) or buffered.
-    fn upstream(&self, entry: &ModelEntry, stream: bool) -> UpstreamRequest;
+    /// What `target`, a deployment of `entry`, receives: streamed (`stream: true`) or buffered.
+    fn upstream(&self, entry: &ModelEntry, target: &Target, stream: bool) -> UpstreamRequest;
 }
 
 /// A request body for Azure and its content type. The body is in pieces, so

@@ -334,6 +334,7 @@ NUMBER_BOUNDS = {
     "SecretCacheTtlSeconds": (0, 86400),
     "MaxRetries": (0, 10),
     "MaxRetryWaitSeconds": (1, 900),
+    "PoolMaxWaitSeconds": (0, 900),
     "HttpApiTimeoutMs": (50, 30000),
     "ThrottlingBurstLimit": (1, 5000),
     "ThrottlingRateLimit": (1, 10000),
@@ -364,6 +365,12 @@ def test_the_longest_retry_wait_reaches_the_connector(expanded):
     for given, wait in [({}, "60"), ({"MaxRetryWaitSeconds": "120"}, "120")]:
         (function,) = of_type(deploy(expanded, **given), "AWS::Lambda::Function")
         assert function["Properties"]["Environment"]["Variables"]["MAX_RETRY_WAIT_SECONDS"] == wait
+
+
+def test_the_longest_pool_wait_reaches_the_connector(expanded):
+    for given, wait in [({}, "5"), ({"PoolMaxWaitSeconds": "0"}, "0")]:
+        (function,) = of_type(deploy(expanded, **given), "AWS::Lambda::Function")
+        assert function["Properties"]["Environment"]["Variables"]["POOL_MAX_WAIT_SECONDS"] == wait
 
 
 def test_the_rest_api_passes_uploads_as_binary(deployed):
