@@ -42,6 +42,8 @@ pub mod exchange;
 #[cfg(feature = "runtime")]
 pub mod front;
 #[cfg(feature = "runtime")]
+pub mod image_store;
+#[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
 mod pipeline;
