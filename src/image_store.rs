@@ -11,7 +11,7 @@
 //! ends, whatever its own expiry says: a link never claims more than the
 //! credentials it was signed with have left, when they say how long that is.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -284,9 +284,6 @@ pub fn media_of(output_format: Option<&str>) -> (&'static str, &'static str) {
         _ => ("image/png", "png"),
     }
 }
-
-/// Shared by every request of the execution environment.
-pub type SharedImageStore = Arc<ImageStore>;
 
 /// One image's base64, decoded as its pieces arrive: the text of a JSON
 /// string, cut anywhere, where `/` may come escaped as `\/`. Holds the

@@ -166,10 +166,10 @@ pub(crate) async fn stored(
     let (output, stored) = result.map_err(|failure| failure.into_api_error().billed())?;
     let mut links = Vec::with_capacity(stored.len());
     for index in stored {
-        let link = store
-            .link(&key(index))
-            .await
-            .map_err(|e| ApiError::image_store_failed(&e.to_string()))?;
+        let link = store.link(&key(index)).await.map_err(|e| {
+            tracing::error!(error = %e, "a stored image could not be linked");
+            ApiError::image_store_failed(&e.to_string())
+        })?;
         links.push((index, link));
     }
     let body = with_links(&output, &links).map_err(|e| ApiError::upstream_invalid_response(e).billed())?;
@@ -188,7 +188,10 @@ impl Failure {
         match self {
             Self::Upstream(err) => upstream_unavailable(err),
             Self::Malformed(what) => ApiError::upstream_invalid_response(what),
-            Self::Store(err) => ApiError::image_store_failed(&err.to_string()),
+            Self::Store(err) => {
+                tracing::error!(error = %err, "an image could not be stored in the image bucket");
+                ApiError::image_store_failed(&err.to_string())
+            }
         }
     }
 }
