@@ -122,9 +122,10 @@ async fn stored_urls(
             let format = plan.request.option("output_format");
             crate::relay::stored(store.clone(), reshaper, rest, &req.request_id, format, log).await
         }
-        Delivery::Images(Success { rest: None, .. }) | Delivery::Events(_) => Err(ApiError::internal(
-            "Azure's answer came whole where it was to be stored as it arrived.",
-        )),
+        // Azure answered 2xx: billed, whatever went wrong here.
+        Delivery::Images(Success { rest: None, .. }) | Delivery::Events(_) => {
+            Err(ApiError::internal("Azure's answer came whole where it was to be stored as it arrived.").billed())
+        }
     }
 }
 
