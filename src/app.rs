@@ -11,6 +11,7 @@ use crate::azure::{AzureClient, DEADLINE_MARGIN, Learnt, NoStreamMarks, Pools};
 use crate::config::{AuthMode, Config};
 use crate::credentials::{Credentials, WebIdentity};
 use crate::error::ApiError;
+use crate::image_store::ImageStore;
 use crate::observe::MetricsSink;
 use crate::secrets::{SecretCache, SecretSource, by_deadline};
 
@@ -26,6 +27,8 @@ pub struct App {
     pools: Pools,
     /// Unix time of start-up, the `created` of the model list.
     started: u64,
+    /// Where `response_format: "url"` stores gpt-image output; `None` without `IMAGE_BUCKET`.
+    image_store: Option<Arc<ImageStore>>,
 }
 
 impl App {
@@ -49,7 +52,18 @@ impl App {
             config,
             azure,
             started,
+            image_store: None,
         }
+    }
+
+    /// Stores gpt-image output asked for as `url` in this bucket.
+    pub fn with_image_store(mut self, store: Arc<ImageStore>) -> Self {
+        self.image_store = Some(store);
+        self
+    }
+
+    pub fn image_store(&self) -> Option<&Arc<ImageStore>> {
+        self.image_store.as_ref()
     }
 
     /// Sends the EMF records somewhere else than stdout (tests).

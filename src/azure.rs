@@ -113,6 +113,10 @@ pub enum Want {
     /// Azure's own event stream where the deployment streams; an images
     /// response, whole, where it does not.
     Events,
+    /// An images response whose images are stored as it arrives
+    /// (`response_format: "url"`): the call returns once Azure's 200 is in,
+    /// with a reshaper that takes the images out (`relay::stored`).
+    Stored,
 }
 
 /// Azure's answer to a call, on its way to the client. One per request,
@@ -517,9 +521,17 @@ impl AzureClient {
                     let body = http::Response::from(response).into_body();
                     return Step::Done(Ok(Delivery::Events(UpstreamBody { body, until })));
                 }
+                if call.want == Want::Stored {
+                    attempts.push(record);
+                    let body = http::Response::from(response).into_body();
+                    return Step::Done(Ok(Delivery::Images(Success {
+                        reshaper: Reshaper::taking_images(),
+                        rest: Some(UpstreamBody { body, until }),
+                    })));
+                }
                 let commit_after = match call.want {
                     Want::Images { commit_after } => commit_after,
-                    Want::Events => None,
+                    Want::Events | Want::Stored => None,
                 };
                 let reshaped = reshape(response, until, commit_after, call.limit).await;
                 // The time to Azure's whole body, or to the point its rest is relayed from.

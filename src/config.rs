@@ -27,6 +27,12 @@ pub const HTTP_API_TIMEOUT_MS: &str = "HTTP_API_TIMEOUT_MS";
 pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
 /// How long a request waits for a deployment of a pool whose deployments are all cooling down.
 pub const POOL_MAX_WAIT_SECONDS: &str = "POOL_MAX_WAIT_SECONDS";
+/// The S3 bucket where `response_format: "url"` stores gpt-image output.
+pub const IMAGE_BUCKET: &str = "IMAGE_BUCKET";
+pub const IMAGE_URL_TTL_SECONDS: &str = "IMAGE_URL_TTL_SECONDS";
+/// The AWS SDKs' own variables for an S3 that is not AWS's (moto, MinIO),
+/// S3's first: read as the SDKs read them, never set by the template.
+pub const S3_ENDPOINT_VARIABLES: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
 
 const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The scope of a token for Azure OpenAI (Cognitive Services).
@@ -41,6 +47,12 @@ const DEFAULT_METRICS_NAMESPACE: &str = "AzureOpenAIImage";
 const DEFAULT_POOL_MAX_WAIT: Duration = Duration::from_secs(5);
 /// The largest weight of a pool's deployment: enough for any split, small enough to sum.
 const MAX_WEIGHT: u64 = 1000;
+const DEFAULT_IMAGE_URL_TTL: Duration = Duration::from_secs(3600);
+/// The longest a link may be asked to live: 12 hours, the longest role
+/// session AWS grants. A link signed with the function's role credentials
+/// stops working when their session ends, whatever its own expiry says, and
+/// Lambda publishes no lifetime for them (README, "Images as URLs").
+pub const MAX_IMAGE_URL_TTL_SECONDS: u64 = 12 * 3600;
 
 /// The connector's settings.
 #[derive(Debug, Clone)]
@@ -56,6 +68,18 @@ pub struct Config {
     /// The HTTP API's integration timeout: its invocations answer before it,
     /// whatever Lambda's own deadline. `None`: no bound but Lambda's.
     pub http_api_timeout: Option<Duration>,
+    /// Where gpt-image output asked for as `url` is stored; `None`: `url` is refused.
+    pub image_bucket: Option<ImageBucket>,
+}
+
+/// The S3 bucket of `response_format: "url"`, and the life of its links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBucket {
+    pub name: String,
+    /// The presigned GET's own expiry; the role session may end it sooner.
+    pub url_ttl: Duration,
+    /// An S3 that is not AWS's, addressed path-style; `None`: AWS's, virtual-hosted.
+    pub endpoint: Option<Url>,
 }
 
 /// How the function answers the Lambda Runtime API: streamed (Function URL
@@ -469,6 +493,7 @@ impl Config {
             Some("none") => AuthMode::None,
             Some(other) => return Err(problem(AUTH_MODE, format!("`{other}` is not `client-keys` or `none`"))),
         };
+        let image_bucket = image_bucket(&lookup)?;
         let raw_models = lookup(IMAGE_MODELS)
             .ok_or_else(|| problem(IMAGE_MODELS, "is not set; it must be a JSON array of model entries"))?;
         let entries: Vec<RawEntry> = serde_json::from_str(&raw_models)
@@ -507,6 +532,7 @@ impl Config {
             metrics_namespace,
             response_mode,
             http_api_timeout,
+            image_bucket,
         })
     }
 
@@ -529,6 +555,52 @@ impl Config {
 }
 
 /// An optional whole-number variable within `range`.
+/// `IMAGE_BUCKET` and what goes with it: the links' life, and the S3 endpoint
+/// the AWS SDKs would use.
+fn image_bucket(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<ImageBucket>, ConfigError> {
+    let url_ttl = whole_number(lookup, IMAGE_URL_TTL_SECONDS, 60..=MAX_IMAGE_URL_TTL_SECONDS)?
+        .map_or(DEFAULT_IMAGE_URL_TTL, Duration::from_secs);
+    let Some(name) = lookup(IMAGE_BUCKET)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !is_bucket_name(&name) {
+        return Err(problem(
+            IMAGE_BUCKET,
+            format!(
+                "`{name}` is not an S3 bucket name (3-63 of a-z, 0-9, `.` and `-`, starting and ending with a letter or digit)"
+            ),
+        ));
+    }
+    let mut endpoint = None;
+    for variable in S3_ENDPOINT_VARIABLES {
+        if let Some(raw) = lookup(variable).filter(|v| !v.trim().is_empty()) {
+            let url = checked_url(&raw).map_err(|p| problem(variable, p))?;
+            endpoint = Some(url);
+            break;
+        }
+    }
+    Ok(Some(ImageBucket {
+        name,
+        url_ttl,
+        endpoint,
+    }))
+}
+
+/// S3's rules for a bucket name (general purpose buckets).
+fn is_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !name.contains("..")
+}
+
 fn whole_number(
     lookup: &impl Fn(&str) -> Option<String>,
     variable: &'static str,
@@ -889,6 +961,68 @@ mod tests {
                 secret_id: "other".into()
             }
         );
+    }
+
+    #[test]
+    fn the_image_bucket_is_optional_and_its_links_live_an_hour_by_default() {
+        let base = [(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")];
+        assert_eq!(config(&base).expect("valid").image_bucket, None);
+        let cfg = config(&[base[0], base[1], (IMAGE_BUCKET, " my-images ")]).expect("valid");
+        assert_eq!(
+            cfg.image_bucket,
+            Some(ImageBucket {
+                name: "my-images".into(),
+                url_ttl: Duration::from_secs(3600),
+                endpoint: None,
+            })
+        );
+        let cfg = config(&[
+            base[0],
+            base[1],
+            (IMAGE_BUCKET, "b.images"),
+            (IMAGE_URL_TTL_SECONDS, "43200"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ])
+        .expect("valid");
+        let bucket = cfg.image_bucket.expect("a bucket");
+        assert_eq!(bucket.url_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(
+            bucket.endpoint.map(String::from).as_deref(),
+            Some("http://127.0.0.1:5000/")
+        );
+        let s3_first = config(&[
+            base[0],
+            base[1],
+            (IMAGE_BUCKET, "bkt"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s3_first
+                .image_bucket
+                .and_then(|b| b.endpoint)
+                .map(String::from)
+                .as_deref(),
+            Some("http://127.0.0.1:9000/")
+        );
+    }
+
+    #[test]
+    fn bad_image_bucket_settings_name_their_variable() {
+        let base = [(IMAGE_MODELS, ONE), (AZURE_API_KEY_SECRET_ID, "k")];
+        for (var, bad) in [
+            (IMAGE_BUCKET, "My_Images"),
+            (IMAGE_BUCKET, "ab"),
+            (IMAGE_BUCKET, "-images"),
+            (IMAGE_BUCKET, "a..b"),
+            (IMAGE_URL_TTL_SECONDS, "59"),
+            (IMAGE_URL_TTL_SECONDS, "43201"),
+            ("AWS_ENDPOINT_URL", "http://s3.example.com"),
+        ] {
+            let err = config(&[base[0], base[1], (IMAGE_BUCKET, "images"), (var, bad)]).expect_err(bad);
+            assert_eq!(err.variable, var, "{bad}");
+        }
     }
 
     #[test]

@@ -80,6 +80,9 @@ errors! {
     UPSTREAM_UNREACHABLE = 502 SERVER_ERROR "upstream_unreachable";
     UPSTREAM_INVALID_RESPONSE = 502 SERVER_ERROR "upstream_invalid_response";
     UPSTREAM_TIMEOUT = 504 SERVER_ERROR "upstream_timeout";
+    // The image bucket (`response_format: "url"`).
+    /// An image generated and billed could not be stored or linked: no retry.
+    IMAGE_STORE_FAILED = 502 SERVER_ERROR "image_store_failed";
     // The connector's own setup.
     INTERNAL_ERROR = 500 SERVER_ERROR "internal_error";
     SECRET_MISCONFIGURED = 500 SERVER_ERROR "secret_misconfigured";
@@ -200,6 +203,30 @@ impl ApiError {
                 limit as f64 / 1e6
             ),
         )
+    }
+
+    /// With an image bucket, a large answer has another way out: links instead of images.
+    pub fn suggest_urls(mut self) -> Self {
+        if self.code.as_deref() == Some(RESPONSE_TOO_LARGE.code) {
+            self.message.push_str(
+                " Or ask for response_format \"url\" (gpt-image models): the images are stored and the answer carries links to them.",
+            );
+        }
+        self
+    }
+
+    /// The images were generated and billed, then could not be stored (`why`
+    /// names no bucket, key or credential). A retry would bill them again.
+    pub fn image_store_failed(why: &str) -> Self {
+        Self::new(
+            IMAGE_STORE_FAILED,
+            format!(
+                "The images were generated (and billed), but the connector could not store them in its image bucket: {why}. \
+                 Retrying would generate and bill them again; ask for response_format \"b64_json\" to receive them without the bucket."
+            ),
+        )
+        .with_param("response_format")
+        .billed()
     }
 
     pub fn invalid_api_key(message: &str) -> Self {
@@ -402,6 +429,29 @@ mod tests {
         let echoed = printable(&format!("a\nb{}", "x".repeat(500)));
         assert!(echoed.starts_with("a?b"));
         assert!(echoed.chars().count() <= 65);
+    }
+
+    #[test]
+    fn a_failed_store_says_the_images_are_billed_and_is_not_retried() {
+        let err = ApiError::image_store_failed("S3 refused the upload with status 403");
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        assert!(err.do_not_retry);
+        let body = render(&err);
+        assert_eq!(body["error"]["code"], "image_store_failed");
+        assert_eq!(body["error"]["param"], "response_format");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("billed") && m.contains("403"))
+        );
+    }
+
+    #[test]
+    fn only_a_response_too_large_suggests_urls() {
+        let large = ApiError::response_too_large(7_000_000, 6_000_000).suggest_urls();
+        assert!(large.message.contains("response_format \"url\""), "{}", large.message);
+        let other = ApiError::internal("boom").suggest_urls();
+        assert_eq!(other.message, "boom");
     }
 
     #[test]

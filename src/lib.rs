@@ -42,6 +42,8 @@ pub mod exchange;
 #[cfg(feature = "runtime")]
 pub mod front;
 #[cfg(feature = "runtime")]
+pub mod image_store;
+#[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
 mod pipeline;
@@ -81,5 +83,21 @@ pub async fn build_app(config: Config) -> Result<App, String> {
         .await;
     let source = secrets::SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&aws));
     let sts = credentials::StsWebIdentity::new(aws_sdk_sts::Client::new(&aws));
-    Ok(App::new(config, std::sync::Arc::new(source), azure).with_web_identity(std::sync::Arc::new(sts)))
+    // The image bucket signs with the same credential chain as the SDK's clients.
+    let store = match (&config.image_bucket, aws.region(), aws.credentials_provider()) {
+        (None, _, _) => None,
+        (Some(bucket), Some(region), Some(provider)) => Some(std::sync::Arc::new(image_store::ImageStore::new(
+            bucket,
+            region.as_ref(),
+            provider,
+            azure.http().clone(),
+        ))),
+        (Some(_), None, _) => return Err("IMAGE_BUCKET is set but no AWS region is (AWS_REGION)".into()),
+        (Some(_), _, None) => return Err("IMAGE_BUCKET is set but the AWS SDK found no credentials provider".into()),
+    };
+    let app = App::new(config, std::sync::Arc::new(source), azure).with_web_identity(std::sync::Arc::new(sts));
+    Ok(match store {
+        Some(store) => app.with_image_store(store),
+        None => app,
+    })
 }

@@ -10,6 +10,7 @@ use crate::azure::{Budget, Call, Delivery, MAX_WHOLE_BODY, Success, Want};
 use crate::config::ModelEntry;
 use crate::error::{self, ApiError, printable};
 use crate::exchange::{Answer, Incoming, ResponseBody, ok_json};
+use crate::models::ModelSpec;
 use crate::observe::RequestLog;
 use crate::operation::{Operation, OperationRequest};
 use crate::relay::COMMIT_AFTER;
@@ -61,6 +62,9 @@ pub(crate) async fn serve(
         };
         return crate::stream::answer(app, plan.call(budget, want, req.response_limit), log).await;
     }
+    if crate::operation::wants_stored_urls(plan.request.as_ref(), &plan.chain) {
+        return stored_urls(app, req, &plan, budget, log).await;
+    }
     // A front door that buffers needs the whole answer anyway; one that
     // streams gets it while Azure's arrives.
     let commit_after = req.response_limit.is_none().then_some(COMMIT_AFTER);
@@ -84,6 +88,38 @@ pub(crate) async fn serve(
         Delivery::Events(_) => Err(ApiError::internal(
             "Azure answered with events where an images response was asked for.",
         )),
+    }
+}
+
+/// `response_format: "url"` for the gpt-image family: Azure's images stored
+/// in the image bucket as they arrive, and links to them. The answer is small
+/// and whole, so any front door takes it.
+async fn stored_urls(
+    app: &App,
+    req: &Incoming,
+    plan: &Plan<'_>,
+    budget: Budget,
+    log: &mut RequestLog,
+) -> Result<Answer, ApiError> {
+    // `chain` refused `url` for the gpt-image family without a store.
+    let Some(store) = app.image_store() else {
+        return Err(ApiError::internal("The image bucket is not configured."));
+    };
+    let call = plan.call(budget, Want::Stored, req.response_limit);
+    let (delivery, served, target) = app.azure().call(app.learnt(), call, &mut log.attempts).await?;
+    log.served_by(served, target);
+    match delivery {
+        Delivery::Images(Success {
+            reshaper,
+            rest: Some(rest),
+        }) => {
+            let format = plan.request.option("output_format");
+            crate::relay::stored(store.clone(), reshaper, rest, &req.request_id, format, log).await
+        }
+        // Azure answered 2xx: billed, whatever went wrong here.
+        Delivery::Images(Success { rest: None, .. }) | Delivery::Events(_) => {
+            Err(ApiError::internal("Azure's answer came whole where it was to be stored as it arrived.").billed())
+        }
     }
 }
 
@@ -173,8 +209,13 @@ fn chain<'a>(
     caller: &Caller,
     model_param: &'static str,
 ) -> Result<(Vec<&'a ModelEntry>, Vec<String>), ApiError> {
+    let bucket = app.image_store().is_some();
+    let fits = |spec: &ModelSpec| -> Result<(), ApiError> {
+        request.validate_for(spec)?;
+        crate::operation::check_url_storage(request, spec, bucket)
+    };
     caller.check(&entry.name, model_param)?;
-    request.validate_for(entry.spec)?;
+    fits(entry.spec)?;
     let config = app.config();
     let mut chain: Vec<&ModelEntry> = vec![entry];
     for name in request.fallbacks() {
@@ -189,7 +230,7 @@ fn chain<'a>(
             )
         })?;
         caller.check(&fallback.name, "fallbacks")?;
-        request.validate_for(fallback.spec).map_err(|mut err| {
+        fits(fallback.spec).map_err(|mut err| {
             err.message = format!("For fallback model `{}`: {}", fallback.name, err.message);
             err
         })?;
@@ -208,7 +249,7 @@ fn chain<'a>(
         // A model's configured fallbacks were not asked for: report, never drop, what they cannot take.
         if !caller.may_use(&fallback.name) {
             skipped.push(format!("{}: not allowed for this key", fallback.name));
-        } else if let Err(err) = request.validate_for(fallback.spec) {
+        } else if let Err(err) = fits(fallback.spec) {
             skipped.push(format!("{}: {}", fallback.name, err.message));
         } else {
             chain.push(fallback);

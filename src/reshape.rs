@@ -13,6 +13,10 @@
 //!
 //! Chunk boundaries may fall anywhere, even inside a UTF-8 character or an
 //! escape: the output is the same bytes for any split of the same input.
+//!
+//! A reshaper made by [`Reshaper::taking_images`] (for `response_format:
+//! "url"`) takes each image's `b64_json` text out of the output instead, as
+//! [`ImagePiece`]s, and leaves `"b64_json":""` in its place.
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -101,8 +105,19 @@ enum Role {
     Image,
     /// `usage`: kept for the logs.
     Usage,
+    /// The `b64_json` of an image, taken out of the output.
+    ImageData,
     /// Anything else: only validated.
     Other,
+}
+
+/// A piece of an image's base64 text, taken out of the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagePiece {
+    /// The text of the `b64_json` string so far, as Azure wrote it (escapes included).
+    Data(Bytes),
+    /// The string has ended: the image at this position of `data` is whole.
+    End { index: usize },
 }
 
 #[derive(Debug)]
@@ -157,6 +172,8 @@ pub struct Reshaper {
     /// Output ready to send.
     out: Vec<Bytes>,
     out_len: usize,
+    /// `Some` when images are taken out of the output: what was taken so far.
+    taken: Option<Vec<ImagePiece>>,
 }
 
 impl Default for Reshaper {
@@ -184,6 +201,32 @@ impl Reshaper {
             usage: None,
             out: Vec::new(),
             out_len: 0,
+            taken: None,
+        }
+    }
+
+    /// A reshaper that takes each image's `b64_json` text out of the output
+    /// (see [`Reshaper::take_images`]): the output stays small whatever the images.
+    pub fn taking_images() -> Self {
+        Self {
+            taken: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The image text taken out since the last call, in order.
+    pub fn take_images(&mut self) -> Vec<ImagePiece> {
+        self.taken.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Inside an image's text that is taken out of the output.
+    fn in_image_data(&self) -> bool {
+        self.string.as_ref().is_some_and(|s| s.role == Role::ImageData)
+    }
+
+    fn take_piece(&mut self, data: Bytes) {
+        if let (Some(taken), false) = (self.taken.as_mut(), data.is_empty()) {
+            taken.push(ImagePiece::Data(data));
         }
     }
 
@@ -238,6 +281,14 @@ impl Reshaper {
                         match b {
                             b'"' => {
                                 if let Some(done) = self.string.take() {
+                                    if done.role == Role::ImageData {
+                                        // The closing quote stays in the output.
+                                        self.take_piece(chunk.slice(run..i - 1));
+                                        run = i - 1;
+                                        if let Some(taken) = self.taken.as_mut() {
+                                            taken.push(ImagePiece::End { index: self.images });
+                                        }
+                                    }
                                     self.string_done(done, i, bytes, &mut usage_from)?;
                                 }
                             }
@@ -310,6 +361,11 @@ impl Reshaper {
                     let role = self.element_role();
                     self.start_value(role, b, i, &mut usage_from)?;
                     i += 1;
+                    if role == Role::ImageData {
+                        // The opening quote stays in the output; the text is taken from here.
+                        self.push(chunk.slice(run..i));
+                        run = i;
+                    }
                 }
                 (Expect::KeyOrEnd | Expect::Key, b'"') => {
                     let capture = matches!(self.stack.last().map(|f| f.role), Some(Role::Body | Role::Image));
@@ -348,7 +404,11 @@ impl Reshaper {
             }
         }
         if run < bytes.len() {
-            self.push(chunk.slice(run..));
+            if self.in_image_data() {
+                self.take_piece(chunk.slice(run..));
+            } else {
+                self.push(chunk.slice(run..));
+            }
         }
         Ok(())
     }
@@ -401,6 +461,7 @@ impl Reshaper {
             Role::Created => (!matches!(b, b'0'..=b'9' | b'-')).then_some(Malformed::Created),
             Role::Data => (b != b'[').then_some(Malformed::Data),
             Role::Image => (b != b'{').then_some(Malformed::Data),
+            Role::ImageData => (b != b'"').then_some(Malformed::Data),
             Role::Usage | Role::Other => None,
         };
         if let Some(err) = wrong {
@@ -472,6 +533,7 @@ impl Reshaper {
             (Role::Body, Some("data")) => self.next_role = Role::Data,
             (Role::Body, Some("usage")) => self.next_role = Role::Usage,
             (Role::Image, Some("index")) => frame.has_index = true,
+            (Role::Image, Some("b64_json")) if self.taken.is_some() => self.next_role = Role::ImageData,
             _ => {}
         }
         Ok(())
@@ -741,6 +803,67 @@ mod tests {
             "]".repeat(MAX_DEPTH - 1)
         );
         assert!(whole(Bytes::from(ok)).is_ok(), "up to the limit is fine");
+    }
+
+    /// Reshapes `body` cut at `cuts` taking images out: the output, and each image's text.
+    fn reshape_taking_images(body: &[u8], cuts: &[usize]) -> Result<(String, Vec<(usize, String)>), Malformed> {
+        let mut reshaper = Reshaper::taking_images();
+        let mut out = Vec::new();
+        let mut images = Vec::new();
+        let mut text = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+            reshaper.feed(Bytes::copy_from_slice(&body[start..cut]))?;
+            for piece in reshaper.take_output() {
+                out.extend_from_slice(&piece);
+            }
+            for piece in reshaper.take_images() {
+                match piece {
+                    ImagePiece::Data(data) => text.extend_from_slice(&data),
+                    ImagePiece::End { index } => {
+                        images.push((index, String::from_utf8(std::mem::take(&mut text)).expect("utf8")))
+                    }
+                }
+            }
+            start = cut;
+        }
+        reshaper.finish()?;
+        assert!(text.is_empty(), "text after the last image");
+        Ok((String::from_utf8(out).expect("utf8"), images))
+    }
+
+    #[test]
+    fn images_taken_out_leave_an_empty_string_at_every_split() {
+        let body = r#"{"created":1,"data":[{"b64_json":"QU\/D","revised_prompt":"{\"b64_json\":\"x\"}"},{"url":"u"},{"revised_prompt":"r", "b64_json" : "RUZH"}],"b64_json":"top","usage":{"total_tokens":1}}"#;
+        let expected_out = r#"{"created":1,"data":[{"b64_json":"","revised_prompt":"{\"b64_json\":\"x\"}","index":0},{"url":"u","index":1},{"revised_prompt":"r", "b64_json" : "","index":2}],"b64_json":"top","usage":{"total_tokens":1}}"#;
+        let expected_images = vec![(0, r"QU\/D".to_owned()), (2, "RUZH".to_owned())];
+        let whole_result = reshape_taking_images(body.as_bytes(), &[]);
+        assert!(whole_result.is_ok(), "{whole_result:?}");
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                let (out, images) = reshape_taking_images(body.as_bytes(), &[a, b]).expect("valid");
+                assert_eq!(out, expected_out, "split at {a}, {b}");
+                assert_eq!(images, expected_images, "split at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn image_data_that_is_not_a_string_is_malformed_when_taken() {
+        for body in [
+            r#"{"created":1,"data":[{"b64_json":null}]}"#,
+            r#"{"created":1,"data":[{"b64_json":["QUJD"]}]}"#,
+        ] {
+            assert_eq!(
+                reshape_taking_images(body.as_bytes(), &[]).err(),
+                Some(Malformed::Data),
+                "{body}"
+            );
+            assert!(
+                whole(Bytes::from_static(body.as_bytes())).is_ok(),
+                "passed on as is otherwise: {body}"
+            );
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl App {
             Route::WrongMethod { .. } => Err(ApiError::method_not_allowed(req.method.as_str(), &req.path)),
             Route::NotFound => Err(ApiError::not_found(&req.path)),
         };
-        let mut answer = finish(self.metrics(), result, log, &req);
+        let mut answer = finish(self.metrics(), result, log, &req, self.image_store().is_some());
         if let Route::WrongMethod { allow } = route {
             answer.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
@@ -139,7 +139,7 @@ impl App {
             response_limit,
         };
         let err = ApiError::internal("The connector failed while answering this request. Please retry.");
-        finish(self.metrics(), Err(err), log, &req)
+        finish(self.metrics(), Err(err), log, &req, false)
     }
 
     /// The same, whole: what a buffered front door sends, and what tests read.
@@ -151,16 +151,27 @@ impl App {
 
 /// Every answer on its way out: an error as the OpenAI body, the front door's
 /// size limit, the headers every answer carries, `HEAD`, and the log line and
-/// metrics, written once.
-fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestLog, req: &Incoming) -> Answer {
+/// metrics, written once. With an image bucket (`urls`), an answer too large
+/// for the front door suggests `response_format: "url"`.
+fn finish(
+    metrics: &MetricsSink,
+    result: Result<Answer, ApiError>,
+    log: RequestLog,
+    req: &Incoming,
+    urls: bool,
+) -> Answer {
+    let hint = |err: ApiError| if urls { err.suggest_urls() } else { err };
     let (mut answer, mut code) = match result {
         Ok(answer) => (answer, None),
-        Err(err) => (error_response(&err, &log), err.code),
+        Err(err) => {
+            let err = hint(err);
+            (error_response(&err, &log), err.code)
+        }
     };
     let len = answer.body().known_len().unwrap_or(0);
     if let Some(limit) = req.response_limit.filter(|limit| len > *limit) {
         // The images exist and are billed: a retry would pay for them again.
-        let err = ApiError::response_too_large(len, limit).billed();
+        let err = hint(ApiError::response_too_large(len, limit).billed());
         answer = error_response(&err, &log);
         code = err.code;
     }

@@ -2,9 +2,12 @@
 the same Azure stand-in (a steady one, `latency serve`), its memory, its cold
 start and its package size.
 
-    .venv/bin/python tools/bench.py [--small 200] [--large 20] [--no-package]
+    .venv/bin/python tools/bench.py [--small 200] [--large 20] [--no-package] [--no-lambda-model]
 
-Prints one table (BENCHMARKS.md holds a run). Needs a release build
+Prints one table (BENCHMARKS.md holds a run), then the Lambda model: the
+function under a CPU quota equal to a Lambda memory size's share of a vCPU
+(cgroup v1 `cpu` controller, as root), its streamed answers through a shaper
+that passes 6 MB at full speed and the rest at 2 MB/s. Needs a release build
 (`cargo build --release`) and, for the package size, the Lambda zip
 (`cargo lambda build --release --arm64 --output-format zip`); it builds what
 is missing.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import socket
@@ -21,7 +25,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
 
 ROOT = stack.ROOT
-BINARY = ROOT / "target" / "release" / "azure-openai-image"
-LATENCY = ROOT / "target" / "release" / "examples" / "latency"
-ZIP = ROOT / "target" / "lambda" / "azure-openai-image" / "bootstrap.zip"
+TARGET = stack.target_dir()
+BINARY = TARGET / "release" / "azure-openai-image"
+LATENCY = TARGET / "release" / "examples" / "latency"
+ZIP = TARGET / "lambda" / "azure-openai-image" / "bootstrap.zip"
 AZURE_KEY = "bench-azure-key"
 CLIENT_KEY = "bench-client-key"
 
@@ -92,7 +99,7 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cold_start_ms(env: dict, runs: int = 20) -> float:
+def cold_start_ms(env: dict, runs: int = 20, preexec=None) -> float:
     """Process start to its first `invocation/next` poll, against a stand-in Runtime API that only timestamps it."""
     results = []
     for _ in range(runs):
@@ -103,7 +110,7 @@ def cold_start_ms(env: dict, runs: int = 20) -> float:
         run_env = dict(os.environ, **env)
         run_env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}", RUST_LOG="warn")
         started = time.perf_counter()
-        process = subprocess.Popen([str(BINARY)], env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([str(BINARY)], env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec)
         server.settimeout(10)
         conn, _ = server.accept()
         data = b""
@@ -131,6 +138,180 @@ def first_request_ms(listener, headers: dict, model: str = "azure-image", **env:
         process.kill()
 
 
+# The Lambda model. Lambda gives a function CPU in proportion to its memory,
+# one vCPU at 1,769 MB; a streamed answer's first 6 MB go at full speed, the
+# rest at 2 MB/s at most (Lambda's documented limits for response streaming).
+ONE_VCPU_MB = 1769
+LAMBDA_SIZES = (128, 1024)
+FULL_SPEED_BYTES = 6_000_000
+CAPPED_RATE = 2_000_000  # bytes per second
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+MODEL_BUCKET = "bench-images"
+MODEL_CASES = [("n=1, 4 MB", 1), ("n=4, 16.8 MB", 4)]
+
+
+class CpuShare:
+    """A cgroup (v1 `cpu` controller) whose CFS quota is `memory_mb`'s share of one CPU."""
+
+    def __init__(self, memory_mb: int):
+        self.share = memory_mb / ONE_VCPU_MB
+        self.path = CGROUP_CPU / f"aoi-bench-{os.getpid()}-{memory_mb}"
+
+    def __enter__(self) -> "CpuShare":
+        self.path.mkdir()
+        (self.path / "cpu.cfs_period_us").write_text("100000")
+        (self.path / "cpu.cfs_quota_us").write_text(str(round(100_000 * self.share)))
+        return self
+
+    def enter(self) -> None:
+        """For `preexec_fn`: the child joins the cgroup before it execs, so its start is limited too."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def __exit__(self, *_) -> None:
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                (CGROUP_CPU / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        self.path.rmdir()
+
+
+class Shaper:
+    """A TCP proxy in front of the connector that passes each connection's answer as Lambda
+    streams one: the first 6 MB at full speed, the rest at 2 MB/s. Requests pass unshaped."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+
+        def requests() -> None:
+            while data := client.recv(65536):
+                upstream.sendall(data)
+
+        threading.Thread(target=requests, daemon=True).start()
+        sent, capped_since = 0, None
+        try:
+            while data := upstream.recv(65536):
+                for at in range(0, len(data), 16384):
+                    piece = data[at : at + 16384]
+                    if sent + len(piece) > FULL_SPEED_BYTES:
+                        capped_since = capped_since or time.monotonic()
+                        # Bytes past the first 6 MB, this piece included: due at 2 MB/s from the crossing.
+                        over = sent + len(piece) - FULL_SPEED_BYTES
+                        time.sleep(max(0.0, capped_since + over / CAPPED_RATE - time.monotonic()))
+                    client.sendall(piece)
+                    sent += len(piece)
+        finally:
+            client.close()
+            upstream.close()
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+def shaped_post(port: int, body: bytes, headers: dict) -> tuple[float, dict, bytes]:
+    """Seconds from the request to the answer's last byte, on a new connection through the shaper."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.perf_counter()
+    conn.request("POST", "/v1/images/generations", body, {**headers, "connection": "close"})
+    response = conn.getresponse()
+    data = response.read()
+    took = time.perf_counter() - started
+    conn.close()
+    if response.status != 200:
+        raise SystemExit(f"Lambda model: {response.status} {data[:300]!r}")
+    return took, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def lambda_model(env: dict, headers: dict, runs: int) -> None:
+    """The table of BENCHMARKS.md's "Lambda model": per memory size, the time to the client's
+    last byte for plain, gzip and url answers (url: to the last image downloaded from S3), and
+    the cold path at 128 MB."""
+    if os.geteuid() != 0 or not (CGROUP_CPU / "cgroup.procs").exists():
+        print("\nLambda model: skipped (needs root and the cgroup v1 cpu controller at /sys/fs/cgroup/cpu)")
+        return
+    env = dict(env, IMAGE_BUCKET=MODEL_BUCKET, RESPONSE_MODE="stream")
+    print(f"\nLambda model: CPU quota = memory / {ONE_VCPU_MB} MB of one CPU; streamed answers through a shaper, "
+          f"{FULL_SPEED_BYTES / 1e6:.0f} MB at full speed then {CAPPED_RATE / 1e6:.0f} MB/s; median of {runs}, seconds")
+    print(f"{'memory':>7} {'case':<15} {'plain':>8} {'gzip':>8} {'gzip bytes':>11} {'url answer':>11} {'+ downloads':>12}")
+    for memory in LAMBDA_SIZES:
+        with CpuShare(memory) as share:
+            port = stack.free_port()
+            process = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=share.enter)
+            shaper = Shaper(port)
+            try:
+                stack.wait_for(f"http://127.0.0.1:{port}/health", 60)
+                for label, n in MODEL_CASES:
+                    body = json.dumps({"model": "azure-image", "prompt": "[large] a lighthouse", "n": n, "size": "1024x1024"}).encode()
+                    url_body = json.dumps({"model": "azure-image", "prompt": "[large] a lighthouse", "n": n, "size": "1024x1024", "response_format": "url"}).encode()
+                    plain, gzip, gzip_bytes, url_answer, url_total = [], [], 0, [], []
+                    for _ in range(runs):
+                        took, got, data = shaped_post(shaper.port, body, headers)
+                        assert "content-encoding" not in got
+                        plain.append(took)
+                        took, got, data = shaped_post(shaper.port, body, {**headers, "accept-encoding": "gzip, deflate"})
+                        gzip.append(took)
+                        gzip_bytes = len(data) if got.get("content-encoding") == "gzip" else 0
+                        started = time.perf_counter()
+                        took, _, data = shaped_post(shaper.port, url_body, headers)
+                        url_answer.append(took)
+                        for image in json.loads(data)["data"]:
+                            with urllib.request.urlopen(image["url"], timeout=120) as r:
+                                r.read()
+                        url_total.append(time.perf_counter() - started)
+                    gz = f"{gzip_bytes / 1e6:>9.2f}MB" if gzip_bytes else f"{'(plain)':>11}"
+                    print(f"{memory:>5}MB {label:<15} {statistics.median(plain):>8.2f} {statistics.median(gzip):>8.2f} {gz} "
+                          f"{statistics.median(url_answer):>11.2f} {statistics.median(url_total):>12.2f}")
+            finally:
+                shaper.stop()
+                process.kill()
+                process.wait()
+            if memory == 128:
+                # The url path's memory in a process of its own: one image decoded while the one
+                # before it uploads, whatever n (n=10 is 42 MB of base64).
+                port = stack.free_port()
+                fresh = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=share.enter)
+                try:
+                    stack.wait_for(f"http://127.0.0.1:{port}/health", 60)
+                    peaks = []
+                    for n in (4, 10):
+                        body = json.dumps({"model": "azure-image", "prompt": "[large] a lighthouse", "n": n, "response_format": "url"}).encode()
+                        took, _, data = shaped_post(port, body, headers)
+                        assert len(json.loads(data)["data"]) == n
+                        peaks.append(f"n={n} {peak_rss_mib(fresh.pid):.1f} MiB ({took:.2f} s)")
+                    print(f"  peak RSS of a fresh process answering url at {memory} MB, one request after the other: {', then '.join(peaks)}")
+                finally:
+                    fresh.kill()
+                    fresh.wait()
+                print(f"  cold start at {memory} MB (process start to the first invocation/next, median of 10): {cold_start_ms(env, 10, share.enter):.1f} ms")
+                port = stack.free_port()
+                fresh = subprocess.Popen([str(BINARY), "--listen", f"127.0.0.1:{port}"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=share.enter)
+                try:
+                    stack.wait_for(f"http://127.0.0.1:{port}/health", 60)
+                    small = json.dumps({"model": "azure-image", "prompt": "a lighthouse"}).encode()
+                    (first,), _ = timed_posts([(f"http://127.0.0.1:{port}", "/v1/images/generations", headers, small)], 1, warmup=0)
+                    (later,), _ = timed_posts([(f"http://127.0.0.1:{port}", "/v1/images/generations", headers, small)], 20, warmup=0)
+                    print(f"  first answer of a fresh process at {memory} MB (secrets fetched from moto): {first[0]:.1f} ms, then {pct(later, 50):.1f} ms p50")
+                finally:
+                    fresh.kill()
+                    fresh.wait()
+
+
 def ensure_builds(package: bool) -> None:
     """Brings the builds up to date (cargo does nothing when they are)."""
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "azure-openai-image", "--example", "latency"], cwd=ROOT, check=True)
@@ -144,6 +325,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200, help="requests for the small case")
     parser.add_argument("--large", type=int, default=20, help="requests for each large case")
     parser.add_argument("--no-package", action="store_true", help="skip the arm64 package build (minutes) and its size")
+    parser.add_argument("--no-lambda-model", action="store_true", help="skip the Lambda model (CPU quota and streaming cap)")
+    parser.add_argument("--model-runs", type=int, default=3, help="runs of each Lambda model case")
     args = parser.parse_args()
     ensure_builds(package=not args.no_package)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -156,6 +339,7 @@ def main() -> None:
     stack.wait_for(f"{azure_url}/ready", 10)
     moto.put_secret("azure-key", AZURE_KEY)
     moto.put_secret("client-keys", json.dumps([CLIENT_KEY]))
+    moto.create_bucket(MODEL_BUCKET)
     env = stack.connector_env(moto, stack.image_models(azure_url), "azure-key", CLIENT_API_KEYS_SECRET_ID="client-keys", RUST_LOG="warn")
     def listener(mode: str, **extra: str) -> tuple[subprocess.Popen, str]:
         port = stack.free_port()
@@ -242,6 +426,8 @@ def main() -> None:
         finally:
             token.stop()
             sts.stop()
+        if not args.no_lambda_model:
+            lambda_model(env, headers, args.model_runs)
         if ZIP.exists():
             print(f"Lambda package (arm64 zip): {ZIP.stat().st_size / 1e6:.2f} MB")
         else:

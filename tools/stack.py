@@ -1,5 +1,5 @@
-"""The local stack: moto server as Secrets Manager, the Azure stand-in, and the
-connector under `cargo lambda watch` (or on its plain local listener).
+"""The local stack: moto server as Secrets Manager and S3, the Azure stand-in,
+and the connector under `cargo lambda watch` (or on its plain local listener).
 
 The run command and the end-to-end tests both start their servers through
 this module, so what a developer runs by hand is what the tests check. Every
@@ -247,6 +247,24 @@ class Moto:
             return client.create_secret(Name=name, SecretString=value)["ARN"]
         except client.exceptions.ResourceExistsException:
             return client.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def create_bucket(self, name: str) -> str:
+        """An image bucket for IMAGE_BUCKET (the connector addresses moto path-style)."""
+        self.s3().create_bucket(Bucket=name)
+        return name
+
+    def remove_bucket(self, name: str) -> None:
+        """Empties and deletes a bucket, as an operator might under a running connector."""
+        s3 = self.s3()
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=name, Key=item["Key"])
+        s3.delete_bucket(Bucket=name)
 
     def get_secret_value_calls(self, secret_id: str) -> int:
         """GetSecretValue requests for `secret_id` made by the connector (the AWS SDK for Rust)."""

@@ -258,24 +258,16 @@ impl GenerationRequest {
             };
             return Err(ApiError::param(error::INTEGER_ABOVE_MAX_VALUE, "n", message));
         }
-        if spec.always_b64 && self.get_str("response_format") == Some("url") {
-            return Err(ApiError::param(
-                error::UNSUPPORTED_VALUE,
-                "response_format",
-                format!(
-                    "Invalid 'response_format': {} models always return base64-encoded images; `url` is not supported. Omit response_format or use `b64_json`.",
-                    spec.family
-                ),
-            ));
-        }
         let checks: [(&'static str, Values); 7] = [
             ("size", spec.size),
             ("quality", spec.quality),
             ("style", spec.style),
             (
                 "response_format",
+                // gpt-image answers base64 only: `url` is the connector's, when it has
+                // an image bucket (`super::check_url_storage`).
                 if spec.always_b64 {
-                    Values::OneOf(&["b64_json"])
+                    Values::OneOf(&["b64_json", "url"])
                 } else {
                     spec.response_format
                 },
@@ -621,11 +613,17 @@ mod tests {
     }
 
     #[test]
-    fn gpt_image_refuses_url_responses_by_name() {
-        let err = validate(r#"{"prompt":"p","response_format":"url"}"#, &GPT_IMAGE).expect_err("url");
-        assert_eq!(err.param.as_deref(), Some("response_format"));
-        assert!(err.message.contains("b64_json"));
+    fn gpt_image_takes_url_or_b64_json_as_response_format_and_url_never_streams() {
+        assert!(validate(r#"{"prompt":"p","response_format":"url"}"#, &GPT_IMAGE).is_ok());
         assert!(validate(r#"{"prompt":"p","response_format":"b64_json"}"#, &GPT_IMAGE).is_ok());
+        assert_eq!(
+            param_of(validate(r#"{"prompt":"p","response_format":"gif"}"#, &GPT_IMAGE)),
+            "response_format"
+        );
+        let err =
+            validate(r#"{"prompt":"p","stream":true,"response_format":"url"}"#, &GPT_IMAGE).expect_err("url stream");
+        assert_eq!(err.param.as_deref(), Some("response_format"));
+        assert!(err.message.contains("cannot stream"), "{}", err.message);
     }
 
     #[test]

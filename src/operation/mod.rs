@@ -85,6 +85,28 @@ impl Operation {
     }
 }
 
+/// `response_format: "url"` on a model that answers base64 only (the
+/// gpt-image family) is served by storing the images in the image bucket:
+/// without one, the request is refused, saying how to enable it.
+pub fn check_url_storage(request: &dyn OperationRequest, spec: &ModelSpec, bucket: bool) -> Result<(), ApiError> {
+    if spec.always_b64 && !bucket && request.option("response_format") == Some("url") {
+        return Err(ApiError::param(
+            crate::error::UNSUPPORTED_VALUE,
+            "response_format",
+            format!(
+                "Invalid 'response_format': {} models return base64-encoded images, and this service answers `url` only by storing them in an image bucket, which it does not have. Omit response_format or use `b64_json`; the operator enables `url` with IMAGE_BUCKET (the ImageBucket parameter of template.yaml).",
+                spec.family
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the answer to `request` is stored images and links to them.
+pub fn wants_stored_urls(request: &dyn OperationRequest, chain: &[&ModelEntry]) -> bool {
+    request.option("response_format") == Some("url") && chain.iter().any(|entry| entry.spec.always_b64)
+}
+
 /// A request of one operation, parsed.
 pub trait OperationRequest: Send + Sync {
     /// The configured model the client named (`model`), if any.

@@ -171,6 +171,13 @@ FEDERATE_INTO_ENTRA = {
     },
 }
 
+STORE_AND_LINK_IMAGES = {
+    "Sid": "StoreAndLinkImagesOnly",
+    "Effect": "Allow",
+    "Action": ["s3:PutObject", "s3:GetObject"],
+    "Resource": {"Fn::Sub": "${ImageStoreBucket.Arn}/images/*"},
+}
+
 # Every permission the function's role holds, per deployment: the README's role
 # description says the same. A new permission fails here until it is listed.
 LAMBDA_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
@@ -188,6 +195,10 @@ ROLE_CASES = {
     "entra federation": (
         {**MODES["client-keys"], "EntraFederationAudience": "api://AzureADTokenExchange"},
         [read_secrets(SECRET_ARN, CLIENT_KEYS_ARN), FEDERATE_INTO_ENTRA],
+    ),
+    "image urls": (
+        {**MODES["client-keys"], "ImageUrls": "enabled"},
+        [read_secrets(SECRET_ARN, CLIENT_KEYS_ARN), STORE_AND_LINK_IMAGES],
     ),
 }
 
@@ -214,7 +225,7 @@ def test_the_readme_names_every_permission_of_the_role():
     deploy_section = (ROOT / "README.md").read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
     for name in ["AWSLambdaBasicExecutionRole", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
                  "secretsmanager:GetSecretValue", "kms:Decrypt", "kms:ViaService",
-                 "sts:GetWebIdentityToken", "sts:IdentityTokenAudience"]:
+                 "sts:GetWebIdentityToken", "sts:IdentityTokenAudience", "s3:PutObject", "s3:GetObject"]:
         assert name in deploy_section, name
 
 
@@ -338,6 +349,8 @@ NUMBER_BOUNDS = {
     "HttpApiTimeoutMs": (50, 30000),
     "ThrottlingBurstLimit": (1, 5000),
     "ThrottlingRateLimit": (1, 10000),
+    "ImageRetentionDays": (1, 365),
+    "ImageUrlTtlSeconds": (60, 43200),
 }
 
 
@@ -378,3 +391,42 @@ def test_the_rest_api_passes_uploads_as_binary(deployed):
     _, resources = deployed
     (rest,) = of_type(resources, "AWS::ApiGateway::RestApi")
     assert "multipart/form-data" in rest["Properties"].get("BinaryMediaTypes", [])
+
+
+def test_there_is_no_image_bucket_unless_image_urls_are_enabled(expanded):
+    resources = deploy(expanded)
+    assert not of_type(resources, "AWS::S3::Bucket") and not of_type(resources, "AWS::S3::BucketPolicy")
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    assert function["Properties"]["Environment"]["Variables"]["IMAGE_BUCKET"] == ""
+    assert not [s for s in role_statements(resources) if "s3:" in json.dumps(s)]
+
+
+def test_the_image_bucket_is_private_encrypted_tls_only_and_forgets_images(expanded):
+    for given, days, ttl in [({}, "1", "3600"), ({"ImageRetentionDays": "7", "ImageUrlTtlSeconds": "600"}, "7", "600")]:
+        resources = deploy(expanded, ImageUrls="enabled", **given)
+        (bucket,) = of_type(resources, "AWS::S3::Bucket")
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        }
+        assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+        (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+        (rule,) = props["LifecycleConfiguration"]["Rules"]
+        assert rule["Status"] == "Enabled" and rule["ExpirationInDays"] == days
+        # The rule covers what the connector writes: its key prefix (src/image_store.rs).
+        prefix = re.search(r'pub const KEY_PREFIX: &str = "([^"]+)";', (ROOT / "src" / "image_store.rs").read_text())
+        assert prefix and rule["Prefix"] == prefix.group(1)
+        assert f'}}/{prefix.group(1)}*' in STORE_AND_LINK_IMAGES["Resource"]["Fn::Sub"]
+        (policy,) = of_type(resources, "AWS::S3::BucketPolicy")
+        bucket_name = next(n for n, r in resources.items() if r is bucket)
+        assert policy["Properties"]["Bucket"] == {"Ref": bucket_name}
+        (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+        assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert statement["Resource"] == [{"Fn::GetAtt": [bucket_name, "Arn"]}, {"Fn::Sub": f"${{{bucket_name}.Arn}}/*"}]
+        (function,) = of_type(resources, "AWS::Lambda::Function")
+        env = function["Properties"]["Environment"]["Variables"]
+        assert env["IMAGE_BUCKET"] == {"Ref": bucket_name}
+        assert env["IMAGE_URL_TTL_SECONDS"] == ttl
+        assert STORE_AND_LINK_IMAGES in role_statements(resources)
