@@ -25,6 +25,8 @@ pub const MAX_RETRY_WAIT_SECONDS: &str = "MAX_RETRY_WAIT_SECONDS";
 pub const HTTP_API_TIMEOUT_MS: &str = "HTTP_API_TIMEOUT_MS";
 /// As the Azure SDKs name it: where Entra ID's token endpoint lives.
 pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+pub const USAGE_TABLE: &str = "USAGE_TABLE";
+pub const SPEND_LIMITS_ON_ERROR: &str = "SPEND_LIMITS_ON_ERROR";
 
 const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The scope of a token for Azure OpenAI (Cognitive Services).
@@ -51,6 +53,27 @@ pub struct Config {
     /// The HTTP API's integration timeout: its invocations answer before it,
     /// whatever Lambda's own deadline. `None`: no bound but Lambda's.
     pub http_api_timeout: Option<Duration>,
+    /// Where keys with a budget or limits are counted (issue 17).
+    pub spend: SpendSettings,
+}
+
+/// Spend control's settings: the DynamoDB table, and what a limited key's
+/// request gets when the table cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendSettings {
+    /// `USAGE_TABLE`; `None`: no key may have a budget or limits.
+    pub table: Option<String>,
+    /// `SPEND_LIMITS_ON_ERROR`.
+    pub on_error: OnUsageStoreError,
+}
+
+/// `SPEND_LIMITS_ON_ERROR`: `deny` (the default) or `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUsageStoreError {
+    /// 503 `usage_store_unavailable`: no request goes uncounted.
+    Deny,
+    /// Serve uncounted, with a warning and an EMF `UsageStoreErrors`.
+    Allow,
 }
 
 /// How the function answers the Lambda Runtime API: streamed (Function URL
@@ -442,6 +465,21 @@ impl Config {
                 }
             }
         }
+        let spend = SpendSettings {
+            table: lookup(USAGE_TABLE)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            on_error: match lookup(SPEND_LIMITS_ON_ERROR).as_deref().map(str::trim) {
+                None | Some("") | Some("deny") => OnUsageStoreError::Deny,
+                Some("allow") => OnUsageStoreError::Allow,
+                Some(other) => {
+                    return Err(problem(
+                        SPEND_LIMITS_ON_ERROR,
+                        format!("`{other}` is not `deny` or `allow`"),
+                    ));
+                }
+            },
+        };
         Ok(Self {
             models,
             secret_ttl,
@@ -450,6 +488,7 @@ impl Config {
             metrics_namespace,
             response_mode,
             http_api_timeout,
+            spend,
         })
     }
 
@@ -705,6 +744,30 @@ mod tests {
             }
         );
         assert_eq!(cfg.secret_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn spend_control_is_off_without_a_table_and_denies_on_store_errors_by_default() {
+        let key = (AZURE_API_KEY_SECRET_ID, "azure-key");
+        let cfg = config(&[(IMAGE_MODELS, ONE), key]).expect("valid");
+        assert_eq!(
+            cfg.spend,
+            SpendSettings {
+                table: None,
+                on_error: OnUsageStoreError::Deny
+            }
+        );
+        let cfg = config(&[
+            (IMAGE_MODELS, ONE),
+            key,
+            (USAGE_TABLE, " usage "),
+            (SPEND_LIMITS_ON_ERROR, "allow"),
+        ])
+        .expect("valid");
+        assert_eq!(cfg.spend.table.as_deref(), Some("usage"));
+        assert_eq!(cfg.spend.on_error, OnUsageStoreError::Allow);
+        let err = config(&[(IMAGE_MODELS, ONE), key, (SPEND_LIMITS_ON_ERROR, "open")]).expect_err("unknown");
+        assert_eq!(err.variable, SPEND_LIMITS_ON_ERROR);
     }
 
     #[test]
