@@ -18,6 +18,7 @@ use crate::exchange::{Aborted, Answer, Incoming, ResponseBody, StreamingBody, ok
 use crate::json_text::concat;
 use crate::observe::{MetricsSink, RequestLog};
 use crate::operation::Operation;
+use crate::usage::{Outcome, Tab};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -97,11 +98,12 @@ impl App {
         let mut log = RequestLog::new(&req.request_id, req.method.as_str());
         let route = route(&req.method, &req.path);
         log.route = route.name();
+        let mut tab = Tab::default();
         let result = match route {
             Route::Image { operation, deployment } => {
                 log.request_type = operation.request_type();
                 log.metered = true;
-                crate::pipeline::serve(self, &req, operation, deployment, &mut log).await
+                crate::pipeline::serve(self, &req, operation, deployment, &mut log, &mut tab).await
             }
             Route::Models => {
                 log.request_type = "list_models";
@@ -117,7 +119,7 @@ impl App {
             Route::WrongMethod { .. } => Err(ApiError::method_not_allowed(req.method.as_str(), &req.path)),
             Route::NotFound => Err(ApiError::not_found(&req.path)),
         };
-        let mut answer = finish(self.metrics(), result, log, &req);
+        let mut answer = finish(self.metrics(), result, log, &req, tab);
         if let Route::WrongMethod { allow } = route {
             answer.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
@@ -139,7 +141,7 @@ impl App {
             response_limit,
         };
         let err = ApiError::internal("The connector failed while answering this request. Please retry.");
-        finish(self.metrics(), Err(err), log, &req)
+        finish(self.metrics(), Err(err), log, &req, Tab::default())
     }
 
     /// The same, whole: what a buffered front door sends, and what tests read.
@@ -151,8 +153,15 @@ impl App {
 
 /// Every answer on its way out: an error as the OpenAI body, the front door's
 /// size limit, the headers every answer carries, `HEAD`, and the log line and
-/// metrics, written once.
-fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestLog, req: &Incoming) -> Answer {
+/// metrics, written once; a limited key's request settled once its cost is
+/// known (off the client's path).
+fn finish(
+    metrics: &MetricsSink,
+    result: Result<Answer, ApiError>,
+    log: RequestLog,
+    req: &Incoming,
+    mut tab: Tab,
+) -> Answer {
     let (mut answer, mut code) = match result {
         Ok(answer) => (answer, None),
         Err(err) => (error_response(&err, &log), err.code),
@@ -165,6 +174,11 @@ fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestL
         code = err.code;
     }
     stamp(answer.headers_mut(), &log);
+    for (name, value) in &tab.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            answer.headers_mut().insert(*name, value);
+        }
+    }
     if req.method == Method::HEAD {
         *answer.body_mut() = ResponseBody::empty();
     }
@@ -175,6 +189,7 @@ fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestL
     let body = match body {
         ResponseBody::Whole(chunks) => {
             let len = chunks.iter().map(Bytes::len).sum();
+            tab.settle(outcome(&log));
             log.write(metrics, status, code.as_deref(), len);
             ResponseBody::Whole(chunks)
         }
@@ -184,9 +199,24 @@ fn finish(metrics: &MetricsSink, result: Result<Answer, ApiError>, log: RequestL
             metrics: metrics.clone(),
             status,
             sent: 0,
+            tab,
         })),
     };
     Response::from_parts(parts, body)
+}
+
+/// What settles a request: its cost, and whether Azure billed it.
+fn outcome(log: &RequestLog) -> Outcome {
+    let images = log.images.unwrap_or(0);
+    Outcome {
+        cost_usd: log.cost_usd(),
+        billed: images > 0
+            || log
+                .attempts
+                .iter()
+                .any(|a| a.status.is_some_and(|s| (200..300).contains(&s))),
+        images,
+    }
 }
 
 /// Gzip for a large relayed images answer on a front door that streams, when
@@ -258,12 +288,14 @@ struct Logged {
     metrics: MetricsSink,
     status: u16,
     sent: usize,
+    tab: Tab,
 }
 
 impl Logged {
     fn write(&mut self, code: Option<&str>) {
         if let Some(mut log) = self.log.take() {
             self.inner.fill_log(&mut log);
+            self.tab.settle(outcome(&log));
             log.write(&self.metrics, self.status, code, self.sent);
         }
     }
