@@ -28,6 +28,8 @@ pub enum Route<'a> {
         deployment: Option<&'a str>,
     },
     Models,
+    /// The calling key's own spend and counts.
+    Usage,
     Health,
     WrongMethod {
         allow: &'static str,
@@ -56,6 +58,7 @@ impl Route<'_> {
                 deployment: Some(_),
             } => "azure_edits",
             Self::Models => "models",
+            Self::Usage => "usage",
             Self::Health => "health",
             Self::WrongMethod { .. } => "wrong_method",
             Self::NotFound => "not_found",
@@ -78,6 +81,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         ["", "openai", "deployments", id, "images", name]
         | ["", "openai", "openai", "deployments", id, "images", name] => image(name, Some(*id)),
         ["", "v1", "models"] => Some(Route::Models),
+        ["", "v1", "usage"] => Some(Route::Usage),
         ["", "health"] => Some(Route::Health),
         _ => None,
     };
@@ -111,6 +115,22 @@ impl App {
                     Ok(caller) => {
                         log.client = caller.name.clone();
                         Ok(ok_json(ResponseBody::from(model_list(self, &caller))))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Route::Usage => {
+                log.request_type = "usage";
+                match self.authenticate(&req.headers, req.deadline).await {
+                    Ok(caller) => {
+                        log.client = caller.name.clone();
+                        match self.spend().report(caller.name.as_deref(), caller.spend.as_ref()).await {
+                            Ok((body, headers)) => {
+                                tab.headers = headers;
+                                Ok(ok_json(ResponseBody::from(body)))
+                            }
+                            Err(err) => Err(err),
+                        }
                     }
                     Err(err) => Err(err),
                 }
@@ -390,6 +410,8 @@ mod tests {
             edits(Some("img"))
         );
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(route(&Method::GET, "/v1/usage"), Route::Usage);
+        assert_eq!(route(&post, "/v1/usage"), Route::WrongMethod { allow: "GET" });
         assert_eq!(route(&Method::GET, "/health"), Route::Health);
         assert_eq!(
             route(&Method::GET, "/v1/images/generations"),

@@ -259,6 +259,111 @@ impl Spend {
         unavailable(StoreError("the usage item changed on every try".into()))
     }
 
+    /// `GET /v1/usage`: the calling key's own figures in its current period
+    /// (every figure `null` for an unlimited key, which is never counted), and
+    /// the `x-ratelimit-*` headers of a limited one.
+    pub async fn report(
+        &self,
+        name: Option<&str>,
+        limits: Option<&SpendLimits>,
+    ) -> Result<(Vec<u8>, Vec<(&'static str, String)>), ApiError> {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            object: &'static str,
+            key: Option<&'a str>,
+            period: Option<PeriodOut>,
+            budget_usd: Option<f64>,
+            spent_usd: Option<f64>,
+            reserved_usd: Option<f64>,
+            remaining_usd: Option<f64>,
+            requests: Option<u64>,
+            images: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            window: Option<WindowOut>,
+        }
+        #[derive(serde::Serialize)]
+        struct PeriodOut {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            start: u64,
+            end: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct WindowOut {
+            start: u64,
+            end: u64,
+            requests: u64,
+            images: u64,
+            limit_requests: Option<u32>,
+            limit_images: Option<u32>,
+        }
+        let Some(limits) = limits else {
+            let report = Report {
+                object: "usage",
+                key: name,
+                period: None,
+                budget_usd: None,
+                spent_usd: None,
+                reserved_usd: None,
+                remaining_usd: None,
+                requests: None,
+                images: None,
+                window: None,
+            };
+            return Ok((serde_json::to_vec(&report).unwrap_or_default(), Vec::new()));
+        };
+        let now_ms = self.clock.now_ms();
+        let now = now_ms / 1000;
+        let Some(store) = &self.store else {
+            return Err(ApiError::usage_store_unavailable());
+        };
+        let f = match store.read(&limits.item_key(now)).await {
+            Ok(item) => item.unwrap_or_default(),
+            Err(err) => {
+                tracing::warn!(error = %err, "the usage table could not be read");
+                self.metrics.count("UsageStoreErrors");
+                return Err(ApiError::usage_store_unavailable());
+            }
+        };
+        let period = limits.period();
+        let (start, end) = period.bounds(now);
+        let budget = limits.budget.map(|b| b.micros);
+        // A window that is over counts nothing any more.
+        let current = f.window_start + crate::spend::WINDOW_SECONDS > now;
+        let window_start = if current {
+            f.window_start
+        } else {
+            now - now % crate::spend::WINDOW_SECONDS
+        };
+        let report = Report {
+            object: "usage",
+            key: Some(&limits.name),
+            period: Some(PeriodOut {
+                kind: period.name(),
+                start,
+                end,
+            }),
+            budget_usd: budget.map(crate::spend::usd),
+            spent_usd: Some(crate::spend::usd(f.spent)),
+            reserved_usd: Some(crate::spend::usd(f.reserved)),
+            remaining_usd: budget.map(|b| crate::spend::usd((b - f.committed).max(0))),
+            requests: Some(f.requests),
+            images: Some(f.images),
+            window: limits.has_rate_limits().then(|| WindowOut {
+                start: window_start,
+                end: window_start + crate::spend::WINDOW_SECONDS,
+                requests: if current { f.window_requests } else { 0 },
+                images: if current { f.window_images } else { 0 },
+                limit_requests: limits.requests_per_minute,
+                limit_images: limits.images_per_minute,
+            }),
+        };
+        Ok((
+            serde_json::to_vec(&report).unwrap_or_default(),
+            limits.headers(&f, now_ms),
+        ))
+    }
+
     fn refused(
         &self,
         limits: &SpendLimits,

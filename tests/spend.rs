@@ -308,3 +308,76 @@ async fn a_budget_needs_a_usage_table() {
     let err = openai_error(&app.handle(as_key("sk-team", DALLE)).await, 500);
     assert_eq!(err["code"], "secret_misconfigured");
 }
+
+fn usage_of(key: &str) -> azure_openai_image::exchange::Incoming {
+    with_header(
+        request(http::Method::GET, "/v1/usage", ""),
+        "authorization",
+        &format!("Bearer {key}"),
+    )
+}
+
+#[tokio::test]
+async fn usage_answers_the_calling_keys_own_figures() {
+    let fake = FakeAzure::healthy().await;
+    let keys = r#"[{"key": "sk-team", "name": "team", "budget": {"usd": 1, "period": "day"}, "limits": {"requestsPerMinute": 5, "imagesPerMinute": 4}},
+                   {"key": "sk-other", "name": "other", "budget": {"usd": 2, "period": "month"}}]"#;
+    let test = spend_app(&fake, keys, &[]);
+    for _ in 0..2 {
+        assert_eq!(test.app.handle(as_key("sk-team", DALLE)).await.status(), 200);
+    }
+    assert_eq!(test.app.handle(as_key("sk-other", DALLE)).await.status(), 200);
+    test.settled().await;
+    let answer = test.app.handle(usage_of("sk-team")).await;
+    assert_eq!(answer.status(), 200);
+    let (start, end) = Period::Day.bounds(NOW_MS / 1000);
+    let window = NOW_MS / 1000 / 60 * 60;
+    assert_eq!(
+        json(&answer),
+        serde_json::json!({
+            "object": "usage", "key": "team",
+            "period": {"type": "day", "start": start, "end": end},
+            "budget_usd": 1.0, "spent_usd": 0.08, "reserved_usd": 0.0, "remaining_usd": 0.92,
+            "requests": 2, "images": 2,
+            "window": {"start": window, "end": window + 60, "requests": 2, "images": 2, "limit_requests": 5, "limit_images": 4},
+        })
+    );
+    assert_eq!(header(&answer, "x-ratelimit-remaining-requests"), Some("3"));
+    // The other key sees its own month, without a window; the first key's figures never.
+    let other = json(&test.app.handle(usage_of("sk-other")).await);
+    assert_eq!(
+        (other["key"].as_str(), other["spent_usd"].as_f64()),
+        (Some("other"), Some(0.04))
+    );
+    assert_eq!(other["period"]["type"], "month");
+    assert!(other.get("window").is_none());
+    // A minute later the window counts nothing.
+    test.clock.advance(Duration::from_secs(60));
+    let later = json(&test.app.handle(usage_of("sk-team")).await);
+    assert_eq!(
+        (later["window"]["requests"].as_u64(), later["requests"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn usage_of_an_unlimited_key_is_all_null_and_reads_nothing() {
+    let fake = FakeAzure::healthy().await;
+    let test = spend_app(&fake, r#"[{"key": "sk-free", "name": "free"}]"#, &[]);
+    let body = json(&test.app.handle(usage_of("sk-free")).await);
+    assert_eq!(body["object"], "usage");
+    assert_eq!(body["key"], "free");
+    assert!(body["budget_usd"].is_null() && body["spent_usd"].is_null() && body["period"].is_null());
+    assert_eq!(test.store.calls(), 0);
+    openai_error(&test.app.handle(usage_of("sk-wrong")).await, 401);
+}
+
+#[tokio::test]
+async fn usage_is_503_while_the_store_is_down() {
+    let fake = FakeAzure::healthy().await;
+    let keys = r#"[{"key": "sk-team", "name": "team", "budget": {"usd": 1, "period": "day"}}]"#;
+    let test = spend_app(&fake, keys, &[("SPEND_LIMITS_ON_ERROR", "allow")]);
+    test.store.set_down(true);
+    let err = openai_error(&test.app.handle(usage_of("sk-team")).await, 503);
+    assert_eq!(err["code"], "usage_store_unavailable");
+}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -163,3 +164,26 @@ def test_dynamodb_stopped_mid_run(start_connector, log_dir, on_error):
         assert len(client(connector, FREE_KEY).images.generate(**DALLE).data) == 1
     finally:
         moto.stop()
+
+
+def usage(connector, key: str) -> dict:
+    request = urllib.request.Request(f"{connector.url}/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+        return json.loads(answer.read())
+
+
+def test_usage_answers_the_calling_keys_own_figures(spend_connector, moto):
+    client(spend_connector, TOKENS_KEY).images.generate(model="azure-image", prompt="a lighthouse")
+    found = settled(moto, "tokens")
+    mine = usage(spend_connector, TOKENS_KEY)
+    assert mine["object"] == "usage" and mine["key"] == "tokens"
+    assert mine["period"]["type"] == "month" and mine["period"]["start"] < time.time() < mine["period"]["end"]
+    assert mine["budget_usd"] == 5.0
+    assert mine["spent_usd"] == found["spent"] / 1e6 and mine["reserved_usd"] == 0.0
+    assert mine["remaining_usd"] == pytest.approx(5.0 - found["spent"] / 1e6)
+    assert (mine["requests"], mine["images"]) == (found["requests"], found["images"])
+    assert "window" not in mine
+    limited = usage(spend_connector, RATE_KEY)
+    assert limited["key"] == "rate" and limited["window"]["limit_requests"] == 2
+    assert usage(spend_connector, FREE_KEY)["spent_usd"] is None
