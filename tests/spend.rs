@@ -182,6 +182,7 @@ async fn an_invalid_request_of_a_limited_key_is_refused_before_it_is_counted_and
         .handle(as_key("sk-team", r#"{"model":"dall-e-3","prompt":"a fox","n":0}"#))
         .await;
     openai_error(&bad, 400);
+    assert!(bad.headers().keys().all(|k| !k.as_str().starts_with("x-ratelimit-")));
     assert_eq!(test.store.calls(), 0);
     assert_eq!(test.app.handle(as_key("sk-team", DALLE)).await.status(), 200);
 }
