@@ -374,7 +374,8 @@ impl Spend {
     ) -> Refused {
         Refused {
             error: limits.refusal_error(refusal, images, now_ms),
-            headers: limits.headers(&old.copied().unwrap_or_default(), now_ms),
+            // Refused before the item was read (the request alone can never fit): no figures to tell.
+            headers: old.map(|f| limits.headers(f, now_ms)).unwrap_or_default(),
         }
     }
 
@@ -762,15 +763,8 @@ mod tests {
         let next = spend.reserve(&l, None, 3).await.ok().expect("a new minute");
         assert!(next.headers.contains(&("x-ratelimit-remaining-images", "0".into())));
         assert!(next.headers.contains(&("x-ratelimit-reset-images", "1m0s".into())));
-        assert!(
-            spend
-                .reserve(&l, None, 4)
-                .await
-                .err()
-                .expect("never fits")
-                .error
-                .do_not_retry
-        );
+        let never = spend.reserve(&l, None, 4).await.err().expect("never fits");
+        assert!(never.error.do_not_retry && never.headers.is_empty());
     }
 
     #[tokio::test]
