@@ -837,6 +837,64 @@ mod tests {
         assert!(spend.reserve(&limits(None, Some(5), None), None, 1).await.is_ok());
     }
 
+    /// A store whose settlements wait for the test to let them through.
+    struct GatedStore {
+        inner: Arc<MemoryStore>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl UsageStore for GatedStore {
+        fn reserve<'a>(&'a self, key: &'a ItemKey, ask: &'a Ask, window: Window) -> StoreFuture<'a, Reserved> {
+            self.inner.reserve(key, ask, window)
+        }
+        fn settle<'a>(&'a self, key: &'a ItemKey, settlement: Settlement) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let _pass = self.gate.acquire().await.map_err(|_| StoreError("closed".into()))?;
+                self.inner.settle(key, settlement).await
+            })
+        }
+        fn read<'a>(&'a self, key: &'a ItemKey) -> StoreFuture<'a, Option<Figures>> {
+            self.inner.read(key)
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_for_settlements_returns_only_once_they_are_written() {
+        let inner = MemoryStore::new();
+        let gated = Arc::new(GatedStore {
+            inner: inner.clone(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let spend = Arc::new(Spend::new(
+            Some(gated.clone() as Arc<dyn UsageStore>),
+            ManualClock::at(NOW_MS),
+            OnUsageStoreError::Deny,
+            MetricsSink::new("test", |_| {}),
+        ));
+        let l = limits(Some(1.0), None, None);
+        spend
+            .reserve(&l, Some(0.5), 1)
+            .await
+            .ok()
+            .expect("admitted")
+            .settle(success(0.1));
+        let waiter = tokio::spawn({
+            let spend = spend.clone();
+            async move { spend.settles().wait().await }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiter.is_finished(),
+            "the wait ended before the settlement was written"
+        );
+        gated.gate.add_permits(1);
+        waiter.await.expect("waiter");
+        let item = inner.item(&l.item_key(NOW_MS / 1000)).expect("item");
+        assert_eq!((item.spent, item.reserved), (100_000, 0));
+    }
+
     #[test]
     fn the_dynamodb_expressions_hold_only_the_keys_conditions() {
         let l = limits(Some(1.0), Some(5), None);
