@@ -57,7 +57,11 @@ pub(crate) async fn serve(
     // Unlimited keys never touch the usage store.
     if let Some(limits) = &plan.limits {
         let images = u64::from(plan.request.n().max(1));
-        match app.spend().reserve(limits, worst_case(&plan), images).await {
+        match app
+            .spend()
+            .reserve_by(req.deadline, limits, worst_case(&plan), images)
+            .await
+        {
             Ok(reserved) => *tab = reserved,
             Err(refused) => {
                 tab.headers = refused.headers;

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use crate::azure::DEADLINE_MARGIN;
 use crate::config::OnUsageStoreError;
 use crate::error::ApiError;
 use crate::observe::MetricsSink;
@@ -199,6 +201,27 @@ impl Spend {
     /// Reserves a request of `images` images costing at most `cost_usd` for a
     /// limited key. `cost_usd` is `None` when it cannot be bounded: a key with a
     /// budget is then refused, since the budget could not hold.
+    /// [`Spend::reserve`] bounded by the request's `deadline` (less the time kept to
+    /// answer): a store that does not answer in time is a store failure. A
+    /// reservation cut off after DynamoDB applied it stays counted: early
+    /// refusals at worst, never overspending.
+    pub async fn reserve_by(
+        &self,
+        deadline: Option<Instant>,
+        limits: &SpendLimits,
+        cost_usd: Option<f64>,
+        images: u64,
+    ) -> Result<Tab, Refused> {
+        let Some(deadline) = deadline else {
+            return self.reserve(limits, cost_usd, images).await;
+        };
+        let until = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+        match tokio::time::timeout_at(until.into(), self.reserve(limits, cost_usd, images)).await {
+            Ok(reserved) => reserved,
+            Err(_) => self.store_failed(limits, StoreError("no answer before the request's deadline".into())),
+        }
+    }
+
     pub async fn reserve(&self, limits: &SpendLimits, cost_usd: Option<f64>, images: u64) -> Result<Tab, Refused> {
         let now_ms = self.clock.now_ms();
         let now = now_ms / 1000;
@@ -893,6 +916,41 @@ mod tests {
         waiter.await.expect("waiter");
         let item = inner.item(&l.item_key(NOW_MS / 1000)).expect("item");
         assert_eq!((item.spent, item.reserved), (100_000, 0));
+    }
+
+    /// A store that never answers a reservation.
+    struct SilentStore;
+
+    impl UsageStore for SilentStore {
+        fn reserve<'a>(&'a self, _: &'a ItemKey, _: &'a Ask, _: Window) -> StoreFuture<'a, Reserved> {
+            Box::pin(std::future::pending())
+        }
+        fn settle<'a>(&'a self, _: &'a ItemKey, _: Settlement) -> StoreFuture<'a, ()> {
+            Box::pin(std::future::pending())
+        }
+        fn read<'a>(&'a self, _: &'a ItemKey) -> StoreFuture<'a, Option<Figures>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_does_not_answer_before_the_deadline_is_a_store_failure() {
+        let spend = Spend::new(
+            Some(Arc::new(SilentStore)),
+            ManualClock::at(NOW_MS),
+            OnUsageStoreError::Deny,
+            MetricsSink::new("test", |_| {}),
+        );
+        let started = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let refused = spend
+            .reserve_by(Some(deadline), &limits(Some(1.0), None, None), Some(0.1), 1)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.error.code.as_deref(), Some("usage_store_unavailable"));
+        // The time kept to answer is left.
+        assert!(started.elapsed() <= Duration::from_secs(30) - DEADLINE_MARGIN + Duration::from_millis(10));
     }
 
     #[test]
