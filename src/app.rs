@@ -14,6 +14,8 @@ use crate::error::ApiError;
 use crate::image_store::ImageStore;
 use crate::observe::MetricsSink;
 use crate::secrets::{SecretCache, SecretSource, by_deadline};
+use crate::spend::{Clock, SystemClock};
+use crate::usage::{Spend, UsageStore};
 
 pub struct App {
     config: Config,
@@ -21,6 +23,8 @@ pub struct App {
     client_keys: SecretCache<ClientKeys>,
     azure: AzureClient,
     metrics: MetricsSink,
+    /// Where limited keys are counted.
+    spend: Spend,
     /// Deployments that refused `stream`: their streams are made from one buffered call.
     no_stream: NoStreamMarks,
     /// The cooldowns and remaining capacity of the deployments of models that have several.
@@ -39,14 +43,17 @@ impl App {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        let counted = config.spend.table.is_some();
+        let metrics = MetricsSink::stdout(config.metrics_namespace.clone());
         Self {
             credentials: Credentials::new(secrets.clone(), config.secret_ttl, azure.http().clone()),
             client_keys: SecretCache::new(
                 secrets,
-                move |value| ClientKeys::from_secret_value(value, &models),
+                move |value| ClientKeys::from_secret_value(value, &models, counted),
                 config.secret_ttl,
             ),
-            metrics: MetricsSink::stdout(config.metrics_namespace.clone()),
+            spend: Spend::new(None, Arc::new(SystemClock), config.spend.on_error, metrics.clone()),
+            metrics,
             no_stream: NoStreamMarks::default(),
             pools: Pools::new(&config.models),
             config,
@@ -68,8 +75,19 @@ impl App {
 
     /// Sends the EMF records somewhere else than stdout (tests).
     pub fn with_metrics(mut self, metrics: MetricsSink) -> Self {
+        self.spend.set_metrics(metrics.clone());
         self.metrics = metrics;
         self
+    }
+
+    /// Counts limited keys in `store` (with `USAGE_TABLE` set), on `clock`'s time.
+    pub fn with_usage_store(mut self, store: Arc<dyn UsageStore>, clock: Arc<dyn Clock>) -> Self {
+        self.spend.set_store(store, clock);
+        self
+    }
+
+    pub fn spend(&self) -> &Spend {
+        &self.spend
     }
 
     pub fn config(&self) -> &Config {

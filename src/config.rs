@@ -33,6 +33,8 @@ pub const IMAGE_URL_TTL_SECONDS: &str = "IMAGE_URL_TTL_SECONDS";
 /// The AWS SDKs' own variables for an S3 that is not AWS's (moto, MinIO),
 /// S3's first: read as the SDKs read them, never set by the template.
 pub const S3_ENDPOINT_VARIABLES: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
+pub const USAGE_TABLE: &str = "USAGE_TABLE";
+pub const SPEND_LIMITS_ON_ERROR: &str = "SPEND_LIMITS_ON_ERROR";
 
 const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The scope of a token for Azure OpenAI (Cognitive Services).
@@ -70,6 +72,8 @@ pub struct Config {
     pub http_api_timeout: Option<Duration>,
     /// Where gpt-image output asked for as `url` is stored; `None`: `url` is refused.
     pub image_bucket: Option<ImageBucket>,
+    /// Where keys with a budget or limits are counted (issue 17).
+    pub spend: SpendSettings,
 }
 
 /// The S3 bucket of `response_format: "url"`, and the life of its links.
@@ -80,6 +84,25 @@ pub struct ImageBucket {
     pub url_ttl: Duration,
     /// An S3 that is not AWS's, addressed path-style; `None`: AWS's, virtual-hosted.
     pub endpoint: Option<Url>,
+}
+
+/// Spend control's settings: the DynamoDB table, and what a limited key's
+/// request gets when the table cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendSettings {
+    /// `USAGE_TABLE`; `None`: no key may have a budget or limits.
+    pub table: Option<String>,
+    /// `SPEND_LIMITS_ON_ERROR`.
+    pub on_error: OnUsageStoreError,
+}
+
+/// `SPEND_LIMITS_ON_ERROR`: `deny` (the default) or `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUsageStoreError {
+    /// 503 `usage_store_unavailable`: no request goes uncounted.
+    Deny,
+    /// Serve uncounted, with a warning and an EMF `UsageStoreErrors`.
+    Allow,
 }
 
 /// How the function answers the Lambda Runtime API: streamed (Function URL
@@ -524,6 +547,21 @@ impl Config {
                 }
             }
         }
+        let spend = SpendSettings {
+            table: lookup(USAGE_TABLE)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            on_error: match lookup(SPEND_LIMITS_ON_ERROR).as_deref().map(str::trim) {
+                None | Some("") | Some("deny") => OnUsageStoreError::Deny,
+                Some("allow") => OnUsageStoreError::Allow,
+                Some(other) => {
+                    return Err(problem(
+                        SPEND_LIMITS_ON_ERROR,
+                        format!("`{other}` is not `deny` or `allow`"),
+                    ));
+                }
+            },
+        };
         Ok(Self {
             models,
             secret_ttl,
@@ -533,6 +571,7 @@ impl Config {
             response_mode,
             http_api_timeout,
             image_bucket,
+            spend,
         })
     }
 
@@ -949,6 +988,30 @@ mod tests {
             }
         );
         assert_eq!(cfg.secret_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn spend_control_is_off_without_a_table_and_denies_on_store_errors_by_default() {
+        let key = (AZURE_API_KEY_SECRET_ID, "azure-key");
+        let cfg = config(&[(IMAGE_MODELS, ONE), key]).expect("valid");
+        assert_eq!(
+            cfg.spend,
+            SpendSettings {
+                table: None,
+                on_error: OnUsageStoreError::Deny
+            }
+        );
+        let cfg = config(&[
+            (IMAGE_MODELS, ONE),
+            key,
+            (USAGE_TABLE, " usage "),
+            (SPEND_LIMITS_ON_ERROR, "allow"),
+        ])
+        .expect("valid");
+        assert_eq!(cfg.spend.table.as_deref(), Some("usage"));
+        assert_eq!(cfg.spend.on_error, OnUsageStoreError::Allow);
+        let err = config(&[(IMAGE_MODELS, ONE), key, (SPEND_LIMITS_ON_ERROR, "open")]).expect_err("unknown");
+        assert_eq!(err.variable, SPEND_LIMITS_ON_ERROR);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const SERVER_ERROR: &str = "server_error";
 const PERMISSION: &str = "permission_error";
 /// OpenAI's `type` for a rate limit.
 const REQUESTS: &str = "requests";
+/// OpenAI's `type` (and `code`) for an exhausted quota.
+const QUOTA: &str = "insufficient_quota";
 
 /// One row of the table: the status, `type` and `code` of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,13 @@ errors! {
     CREDENTIALS_UNAVAILABLE = 503 SERVER_ERROR "credentials_unavailable";
     /// Entra ID or STS refused the connector's credentials.
     UPSTREAM_AUTH_MISCONFIGURED = 500 SERVER_ERROR "upstream_auth_misconfigured";
+    // Spend control (spend.rs, usage.rs).
+    /// The key's budget cannot hold the request until its period ends.
+    INSUFFICIENT_QUOTA = 429 QUOTA "insufficient_quota";
+    /// The key's requests or images per minute are reached.
+    RATE_LIMIT_EXCEEDED = 429 REQUESTS "rate_limit_exceeded";
+    /// The usage table (DynamoDB) unreachable or throttling, with SPEND_LIMITS_ON_ERROR=deny.
+    USAGE_STORE_UNAVAILABLE = 503 SERVER_ERROR "usage_store_unavailable";
 }
 
 /// A failure that reaches the client: the status, the OpenAI error fields and
@@ -306,6 +315,28 @@ impl ApiError {
         )
     }
 
+    /// A key's budget is spent: as OpenAI answers an exhausted quota, and no
+    /// SDK retry, which would only be refused again until the period ends.
+    pub fn insufficient_quota(message: String) -> Self {
+        let mut err = Self::new(INSUFFICIENT_QUOTA, message);
+        err.do_not_retry = true;
+        err
+    }
+
+    /// A key's rate limit: worth a retry after `wait`, the window's end.
+    pub fn rate_limit_exceeded(message: String, wait: Duration) -> Self {
+        Self::new(RATE_LIMIT_EXCEEDED, message).with_retry_after(Some(wait))
+    }
+
+    /// The usage table cannot be read or written: worth a retry shortly.
+    pub fn usage_store_unavailable() -> Self {
+        Self::new(
+            USAGE_STORE_UNAVAILABLE,
+            "The connector could not check this key's budget and rate limits (its usage table is unavailable). Please retry shortly.",
+        )
+        .with_retry_after(Some(Duration::from_secs(1)))
+    }
+
     /// 502 for a success body that is not what the operation answers.
     pub fn upstream_invalid_response(what: impl std::fmt::Display) -> Self {
         Self::new(
@@ -460,7 +491,7 @@ mod tests {
             assert!(StatusCode::from_u16(spec.status).is_ok(), "{spec:?}");
             assert!((400..600).contains(&spec.status), "{spec:?}");
             assert!(
-                [INVALID_REQUEST, SERVER_ERROR, PERMISSION, REQUESTS].contains(&spec.kind),
+                [INVALID_REQUEST, SERVER_ERROR, PERMISSION, REQUESTS, QUOTA].contains(&spec.kind),
                 "{spec:?}"
             );
             let err = ApiError::new(*spec, "m");

@@ -23,6 +23,7 @@ pub mod operation;
 pub mod pool;
 pub mod pricing;
 pub mod reshape;
+pub mod spend;
 pub mod sse;
 
 #[cfg(feature = "runtime")]
@@ -57,13 +58,15 @@ pub mod secrets;
 pub mod stream;
 #[cfg(feature = "runtime")]
 pub mod upstream;
+#[cfg(feature = "runtime")]
+pub mod usage;
 
 #[cfg(feature = "runtime")]
 pub use app::App;
 pub use config::Config;
 
 /// Builds the app's long-lived parts from a configuration: the HTTP client,
-/// and the Secrets Manager client over it (region, credentials and endpoint
+/// and the Secrets Manager (and, with `USAGE_TABLE`, DynamoDB) client over it (region, credentials and endpoint
 /// from the environment, as AWS SDKs read them). No network call happens here.
 #[cfg(feature = "runtime")]
 pub async fn build_app(config: Config) -> Result<App, String> {
@@ -95,9 +98,17 @@ pub async fn build_app(config: Config) -> Result<App, String> {
         (Some(_), None, _) => return Err("IMAGE_BUCKET is set but no AWS region is (AWS_REGION)".into()),
         (Some(_), _, None) => return Err("IMAGE_BUCKET is set but the AWS SDK found no credentials provider".into()),
     };
+    let usage_table = config.spend.table.clone();
     let app = App::new(config, std::sync::Arc::new(source), azure).with_web_identity(std::sync::Arc::new(sts));
-    Ok(match store {
+    let app = match store {
         Some(store) => app.with_image_store(store),
+        None => app,
+    };
+    Ok(match usage_table {
+        Some(table) => app.with_usage_store(
+            std::sync::Arc::new(usage::DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table)),
+            std::sync::Arc::new(spend::SystemClock),
+        ),
         None => app,
     })
 }

@@ -67,6 +67,18 @@ impl MetricsSink {
             write: Arc::new(write),
         }
     }
+
+    /// One count of `metric`, without dimensions (such as `UsageStoreErrors`).
+    pub fn count(&self, metric: &str) {
+        let record = json!({
+            metric: 1,
+            "_aws": {
+                "Timestamp": now_ms(),
+                "CloudWatchMetrics": [{"Namespace": self.namespace, "Dimensions": [[]], "Metrics": [{"Name": metric, "Unit": "Count"}]}],
+            },
+        });
+        (self.write)(&record.to_string());
+    }
 }
 
 fn now_ms() -> u64 {

@@ -14,6 +14,8 @@ use crate::models::ModelSpec;
 use crate::observe::RequestLog;
 use crate::operation::{Operation, OperationRequest};
 use crate::relay::COMMIT_AFTER;
+use crate::spend::SpendLimits;
+use crate::usage::Tab;
 
 /// A request that passed every check, and the models to try for it.
 pub(crate) struct Plan<'a> {
@@ -23,6 +25,8 @@ pub(crate) struct Plan<'a> {
     pub chain: Vec<&'a ModelEntry>,
     /// Configured fallbacks that cannot take this request, and why.
     pub skipped: Vec<String>,
+    /// The caller's budget and rate limits; `None` for an unlimited key.
+    pub limits: Option<SpendLimits>,
 }
 
 impl Plan<'_> {
@@ -40,15 +44,32 @@ impl Plan<'_> {
     }
 }
 
-/// Answers one image request, or says why not.
+/// Answers one image request, or says why not. A limited key's request is
+/// counted in `tab` before Azure is called (`routes.rs` settles it).
 pub(crate) async fn serve(
     app: &App,
     req: &Incoming,
     operation: Operation,
     deployment: Option<&str>,
     log: &mut RequestLog,
+    tab: &mut Tab,
 ) -> Result<Answer, ApiError> {
     let plan = prepare(app, req, operation, deployment, log).await?;
+    // Unlimited keys never touch the usage store.
+    if let Some(limits) = &plan.limits {
+        let images = u64::from(plan.request.n().max(1));
+        match app
+            .spend()
+            .reserve_by(req.deadline, limits, worst_case(&plan), images)
+            .await
+        {
+            Ok(reserved) => *tab = reserved,
+            Err(refused) => {
+                tab.headers = refused.headers;
+                return Err(refused.error);
+            }
+        }
+    }
     let budget = Budget {
         deadline: req.deadline,
         retry: app.config().retry,
@@ -194,6 +215,25 @@ async fn prepare<'a>(
         request,
         chain,
         skipped,
+        limits: caller.spend,
+    })
+}
+
+/// The most the request can cost on any model it may be served by; `None`
+/// when one of them cannot be bounded (no price, or a size or quality its
+/// prices do not know). A prompt's character is at most four UTF-8 bytes.
+fn worst_case(plan: &Plan<'_>) -> Option<f64> {
+    let request = plan.request.as_ref();
+    plan.chain.iter().try_fold(0.0f64, |most, entry| {
+        let bound = crate::pricing::worst_case(
+            entry.prices.as_ref()?,
+            request.n(),
+            request.option("size"),
+            request.option("quality"),
+            request.input_images(),
+            request.prompt_chars().saturating_mul(4),
+        )?;
+        Some(most.max(bound))
     })
 }
 

@@ -18,6 +18,7 @@ use crate::exchange::{Aborted, Answer, Incoming, ResponseBody, StreamingBody, ok
 use crate::json_text::concat;
 use crate::observe::{MetricsSink, RequestLog};
 use crate::operation::Operation;
+use crate::usage::{Outcome, Tab};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -27,6 +28,8 @@ pub enum Route<'a> {
         deployment: Option<&'a str>,
     },
     Models,
+    /// The calling key's own spend and counts.
+    Usage,
     Health,
     WrongMethod {
         allow: &'static str,
@@ -55,6 +58,7 @@ impl Route<'_> {
                 deployment: Some(_),
             } => "azure_edits",
             Self::Models => "models",
+            Self::Usage => "usage",
             Self::Health => "health",
             Self::WrongMethod { .. } => "wrong_method",
             Self::NotFound => "not_found",
@@ -77,6 +81,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         ["", "openai", "deployments", id, "images", name]
         | ["", "openai", "openai", "deployments", id, "images", name] => image(name, Some(*id)),
         ["", "v1", "models"] => Some(Route::Models),
+        ["", "v1", "usage"] => Some(Route::Usage),
         ["", "health"] => Some(Route::Health),
         _ => None,
     };
@@ -97,11 +102,12 @@ impl App {
         let mut log = RequestLog::new(&req.request_id, req.method.as_str());
         let route = route(&req.method, &req.path);
         log.route = route.name();
+        let mut tab = Tab::default();
         let result = match route {
             Route::Image { operation, deployment } => {
                 log.request_type = operation.request_type();
                 log.metered = true;
-                crate::pipeline::serve(self, &req, operation, deployment, &mut log).await
+                crate::pipeline::serve(self, &req, operation, deployment, &mut log, &mut tab).await
             }
             Route::Models => {
                 log.request_type = "list_models";
@@ -113,11 +119,27 @@ impl App {
                     Err(err) => Err(err),
                 }
             }
+            Route::Usage => {
+                log.request_type = "usage";
+                match self.authenticate(&req.headers, req.deadline).await {
+                    Ok(caller) => {
+                        log.client = caller.name.clone();
+                        match self.spend().report(caller.name.as_deref(), caller.spend.as_ref()).await {
+                            Ok((body, headers)) => {
+                                tab.headers = headers;
+                                Ok(ok_json(ResponseBody::from(body)))
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                    Err(err) => Err(err),
+                }
+            }
             Route::Health => Ok(ok_json(ResponseBody::whole(Bytes::from_static(br#"{"status":"ok"}"#)))),
             Route::WrongMethod { .. } => Err(ApiError::method_not_allowed(req.method.as_str(), &req.path)),
             Route::NotFound => Err(ApiError::not_found(&req.path)),
         };
-        let mut answer = finish(self.metrics(), result, log, &req, self.image_store().is_some());
+        let mut answer = finish(self.metrics(), result, log, &req, self.image_store().is_some(), tab);
         if let Route::WrongMethod { allow } = route {
             answer.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
@@ -139,7 +161,7 @@ impl App {
             response_limit,
         };
         let err = ApiError::internal("The connector failed while answering this request. Please retry.");
-        finish(self.metrics(), Err(err), log, &req, false)
+        finish(self.metrics(), Err(err), log, &req, false, Tab::default())
     }
 
     /// The same, whole: what a buffered front door sends, and what tests read.
@@ -151,14 +173,16 @@ impl App {
 
 /// Every answer on its way out: an error as the OpenAI body, the front door's
 /// size limit, the headers every answer carries, `HEAD`, and the log line and
-/// metrics, written once. With an image bucket (`urls`), an answer too large
-/// for the front door suggests `response_format: "url"`.
+/// metrics, written once; a limited key's request settled once its cost is
+/// known (off the client's path). With an image bucket (`urls`), an answer
+/// too large for the front door suggests `response_format: "url"`.
 fn finish(
     metrics: &MetricsSink,
     result: Result<Answer, ApiError>,
     log: RequestLog,
     req: &Incoming,
     urls: bool,
+    mut tab: Tab,
 ) -> Answer {
     let hint = |err: ApiError| if urls { err.suggest_urls() } else { err };
     let (mut answer, mut code) = match result {
@@ -176,6 +200,11 @@ fn finish(
         code = err.code;
     }
     stamp(answer.headers_mut(), &log);
+    for (name, value) in &tab.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            answer.headers_mut().insert(*name, value);
+        }
+    }
     if req.method == Method::HEAD {
         *answer.body_mut() = ResponseBody::empty();
     }
@@ -186,6 +215,7 @@ fn finish(
     let body = match body {
         ResponseBody::Whole(chunks) => {
             let len = chunks.iter().map(Bytes::len).sum();
+            tab.settle(outcome(&log));
             log.write(metrics, status, code.as_deref(), len);
             ResponseBody::Whole(chunks)
         }
@@ -195,9 +225,24 @@ fn finish(
             metrics: metrics.clone(),
             status,
             sent: 0,
+            tab,
         })),
     };
     Response::from_parts(parts, body)
+}
+
+/// What settles a request: its cost, and whether Azure billed it.
+fn outcome(log: &RequestLog) -> Outcome {
+    let images = log.images.unwrap_or(0);
+    Outcome {
+        cost_usd: log.cost_usd(),
+        billed: images > 0
+            || log
+                .attempts
+                .iter()
+                .any(|a| a.status.is_some_and(|s| (200..300).contains(&s))),
+        images,
+    }
 }
 
 /// Gzip for a large relayed images answer on a front door that streams, when
@@ -269,12 +314,14 @@ struct Logged {
     metrics: MetricsSink,
     status: u16,
     sent: usize,
+    tab: Tab,
 }
 
 impl Logged {
     fn write(&mut self, code: Option<&str>) {
         if let Some(mut log) = self.log.take() {
             self.inner.fill_log(&mut log);
+            self.tab.settle(outcome(&log));
             log.write(&self.metrics, self.status, code, self.sent);
         }
     }
@@ -369,6 +416,8 @@ mod tests {
             edits(Some("img"))
         );
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(route(&Method::GET, "/v1/usage"), Route::Usage);
+        assert_eq!(route(&post, "/v1/usage"), Route::WrongMethod { allow: "GET" });
         assert_eq!(route(&Method::GET, "/health"), Route::Health);
         assert_eq!(
             route(&Method::GET, "/v1/images/generations"),

@@ -6,7 +6,9 @@ and the connector under `cargo lambda watch`.
 
 Callers present the client key sk-local-dev (LOCAL_CLIENT_KEY overrides it),
 kept in the local Secrets Manager's client keys secret; AUTH_MODE=none turns
-the check off.
+the check off. That key has a small budget ($0.40 a day: ten dall-e-3
+images) and 5 requests a minute, counted in moto's DynamoDB (USAGE_TABLE), so
+a refusal is a few curls away.
 
 Real Azure instead: set IMAGE_MODELS (see the README) and either
   AZURE_OPENAI_API_KEY   the key, seeded into the local Secrets Manager, or
@@ -36,6 +38,9 @@ LOCAL_CLIENT_KEYS = "azure-openai-image/client-keys"
 STAND_IN_KEY = "local-azure-key"
 # The key local callers present; in the local Secrets Manager's client keys secret.
 LOCAL_CLIENT_KEY = os.environ.get("LOCAL_CLIENT_KEY", "sk-local-dev")
+# The local key's spend limits (README, Budgets and rate limits).
+LOCAL_BUDGET = {"usd": 0.4, "period": "day"}
+LOCAL_LIMITS = {"requestsPerMinute": 5}
 
 
 def main() -> int:
@@ -88,8 +93,12 @@ def main() -> int:
                 print(f"Azure stand-in on {azure.url}; Secrets Manager (moto) on {moto.url}.")
             env = stack.connector_env(moto, [], LOCAL_SECRET)
             env["IMAGE_MODELS"] = models
+            # Spend control: the usage table in moto, and a small budget on the local key
+            # (about ten dall-e-3 images a day, two requests a minute), so a refusal is easy to see.
+            env["USAGE_TABLE"] = moto.create_usage_table()
             if os.environ.get("AUTH_MODE") != "none":
-                moto.put_secret(LOCAL_CLIENT_KEYS, json.dumps([LOCAL_CLIENT_KEY]))
+                local_key = {"key": LOCAL_CLIENT_KEY, "name": "local", "budget": LOCAL_BUDGET, "limits": LOCAL_LIMITS}
+                moto.put_secret(LOCAL_CLIENT_KEYS, json.dumps([local_key]))
                 env["CLIENT_API_KEYS_SECRET_ID"] = LOCAL_CLIENT_KEYS
 
         # cargo lambda watch streams like a Function URL with RESPONSE_STREAM.

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 REGION = "us-east-1"
+# The usage table's name in the local runs and the tests (README, Budgets and rate limits).
+USAGE_TABLE = "azure-openai-image-usage"
 # moto accepts any credentials; these only have to look like AWS's.
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
 
@@ -205,8 +207,8 @@ class Process:
 
 
 class Moto:
-    """moto server standing in for AWS Secrets Manager, recording requests so
-    a test can count the connector's GetSecretValue calls."""
+    """moto server standing in for AWS Secrets Manager and DynamoDB, recording
+    requests so a test can count the connector's GetSecretValue calls."""
 
     def __init__(self, log_dir: Path, port: int | None = None):
         self.port = port or free_port()
@@ -265,6 +267,30 @@ class Moto:
             for item in page.get("Contents", []):
                 s3.delete_object(Bucket=name, Key=item["Key"])
         s3.delete_bucket(Bucket=name)
+    def dynamodb(self):
+        import boto3
+
+        return boto3.client("dynamodb", endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def create_usage_table(self, name: str = USAGE_TABLE) -> str:
+        """The usage table as template.yaml creates it (README: the same as `aws dynamodb create-table`)."""
+        client = self.dynamodb()
+        try:
+            client.create_table(
+                TableName=name,
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except client.exceptions.ResourceInUseException:
+            return name
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+        return name
+
+    def usage_items(self, name: str = USAGE_TABLE) -> list[dict]:
+        """Every usage item, its numbers as ints."""
+        items = self.dynamodb().scan(TableName=name, ConsistentRead=True)["Items"]
+        return [{k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in item.items()} for item in items]
 
     def get_secret_value_calls(self, secret_id: str) -> int:
         """GetSecretValue requests for `secret_id` made by the connector (the AWS SDK for Rust)."""

@@ -108,6 +108,8 @@ pub async fn serve(api: &str, app: Arc<App>, limit: Option<usize>) -> Result<(),
         if let Err(err) = posted {
             tracing::error!(error = %err, "the answer could not be posted");
         }
+        // Settled before the next invocation is asked for: the environment may be frozen until then.
+        app.spend().settles().wait().await;
     }
     Ok(())
 }

@@ -502,6 +502,10 @@ impl OperationRequest for EditRequest {
         self.options.prompt_chars
     }
 
+    fn input_images(&self) -> usize {
+        self.images.len() + usize::from(self.mask.is_some())
+    }
+
     fn option(&self, field: &str) -> Option<&str> {
         self.options.get_str(field)
     }

@@ -116,6 +116,10 @@ pub trait OperationRequest: Send + Sync {
     /// The request's own fallback models, in order.
     fn fallbacks(&self) -> &[String];
     fn prompt_chars(&self) -> usize;
+    /// The images the request sends Azure (an edit's images and mask), for its worst-case cost.
+    fn input_images(&self) -> usize {
+        0
+    }
     /// A string option as the client sent it (`size`, `quality`, …).
     fn option(&self, field: &str) -> Option<&str>;
     /// The checks of one model family.

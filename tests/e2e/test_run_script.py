@@ -7,6 +7,7 @@ carries it after the run has ended was left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -162,6 +164,22 @@ def test_the_run_builds_then_serves_and_an_interrupt_stops_everything(runs):
     # No request reached the emulator before the function could take it.
     assert "refused" not in function_log, function_log
     assert 'api_version="2024-10-21"' in run.output, "the printed example matches the README's"
+    # The local key is limited (a budget of ten dall-e-3 images, 5 requests a minute): a refusal is a few curls away.
+    refused = None
+    for _ in range(11):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/images/generations",
+            data=b'{"model": "dall-e-3", "prompt": "A cute cat", "size": "1024x1024", "quality": "standard"}',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer sk-local-dev"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                assert answer.headers["x-ratelimit-limit-requests"] == "5"
+        except urllib.error.HTTPError as e:
+            refused = e
+            break
+    assert refused is not None and refused.code == 429, "the local key's limits never refused"
+    assert json.loads(refused.read())["error"]["code"] in ("rate_limit_exceeded", "insufficient_quota")
 
     run.popen.send_signal(signal.SIGINT)
     assert run.wait(timeout=60) == 0, run.output

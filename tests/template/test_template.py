@@ -202,6 +202,15 @@ ROLE_CASES = {
     ),
 }
 
+# Spend control (issue 17): every deployment counts limited keys in its own table.
+USE_THE_USAGE_TABLE = {
+    "Sid": "CountSpendInTheUsageTableOnly",
+    "Effect": "Allow",
+    "Action": ["dynamodb:UpdateItem", "dynamodb:GetItem"],
+    "Resource": {"Fn::GetAtt": ["UsageTable", "Arn"]},
+}
+ROLE_CASES = {case: (given, statements + [USE_THE_USAGE_TABLE]) for case, (given, statements) in ROLE_CASES.items()}
+
 
 @pytest.mark.parametrize("case", list(ROLE_CASES))
 def test_the_role_holds_exactly_the_listed_permissions(expanded, case):
@@ -430,3 +439,32 @@ def test_the_image_bucket_is_private_encrypted_tls_only_and_forgets_images(expan
         assert env["IMAGE_BUCKET"] == {"Ref": bucket_name}
         assert env["IMAGE_URL_TTL_SECONDS"] == ttl
         assert STORE_AND_LINK_IMAGES in role_statements(resources)
+def test_the_usage_table_is_keyed_on_demand_with_a_ttl_and_reaches_the_function(deployed):
+    _, resources = deployed
+    (table,) = of_type(resources, "AWS::DynamoDB::Table")
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert sorted(props["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    (function,) = of_type(resources, "AWS::Lambda::Function")
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["USAGE_TABLE"] == {"Ref": "UsageTable"}
+    assert env["SPEND_LIMITS_ON_ERROR"] == "deny"
+
+
+def test_the_role_may_only_update_and_get_items_of_the_usage_table(expanded):
+    for given, _ in ROLE_CASES.values():
+        statements = role_statements(deploy(expanded, **given))
+        actions = lambda s: s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in actions(s))]
+        assert dynamodb == [USE_THE_USAGE_TABLE]
+
+
+def test_the_readme_names_the_usage_table_permissions():
+    deploy_section = (ROOT / "README.md").read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    for name in ["dynamodb:UpdateItem", "dynamodb:GetItem", "UsageTable"]:
+        assert name in deploy_section, name
