@@ -183,6 +183,24 @@ fn s3_settings() -> SigningSettings {
     settings
 }
 
+/// S3's SigV4 parameters for `identity` in `region` at `now`.
+fn s3_params<'a>(
+    identity: &'a Identity,
+    region: &'a str,
+    now: SystemTime,
+    settings: SigningSettings,
+) -> Result<aws_sigv4::http_request::SigningParams<'a>, StoreError> {
+    let params = v4::SigningParams::builder()
+        .identity(identity)
+        .region(region)
+        .name("s3")
+        .time(now)
+        .settings(settings)
+        .build()
+        .map_err(|_| StoreError::Signing)?;
+    Ok(params.into())
+}
+
 /// The headers that sign a PutObject. The payload is not hashed
 /// (`UNSIGNED-PAYLOAD`): hashing megabytes costs a share of a vCPU that a
 /// 128 MB function has little of, and TLS already protects the bytes.
@@ -196,15 +214,7 @@ fn sign_upload(
     let mut settings = s3_settings();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     let identity: Identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(now)
-        .settings(settings)
-        .build()
-        .map_err(|_| StoreError::Signing)?
-        .into();
+    let params = s3_params(&identity, region, now, settings)?;
     let request = SignableRequest::new(
         "PUT",
         url,
@@ -237,15 +247,7 @@ fn presign(
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(ttl);
     let identity: Identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(now)
-        .settings(settings)
-        .build()
-        .map_err(|_| StoreError::Signing)?
-        .into();
+    let params = s3_params(&identity, region, now, settings)?;
     let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::UnsignedPayload)
         .map_err(|_| StoreError::Signing)?;
     let (instructions, _) = sign(request, &params).map_err(|_| StoreError::Signing)?.into_parts();
