@@ -1,6 +1,7 @@
 //! Any bytes as a client's request body: parsing and validation for every model
 //! family answer a 400 naming what is wrong, or produce an upstream body that is
-//! JSON, names the Azure model and carries none of the connector's own fields.
+//! JSON for each deployment of the entry, names the Azure model (or the v1
+//! deployment) and carries none of the connector's own fields.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -16,7 +17,11 @@ fn config() -> &'static Config {
         let models = r#"[
             {"name":"dalle","model":"dall-e-3","baseURL":"https://r.openai.azure.com/openai/deployments/d3","apiVersion":"2024-10-21"},
             {"name":"gpt","model":"gpt-image-1","baseURL":"https://r.openai.azure.com/openai/deployments/g1","apiVersion":"2025-04-01-preview"},
-            {"name":"next","model":"gpt-image-2","baseURL":"https://r.openai.azure.com/openai/deployments/g2","apiVersion":"2025-04-01-preview"}
+            {"name":"next","model":"gpt-image-2","baseURL":"https://r.openai.azure.com/openai/deployments/g2","apiVersion":"2025-04-01-preview"},
+            {"name":"pool","model":"gpt-image-1","deployments":[
+                {"baseURL":"https://a.openai.azure.com/openai/deployments/g1","apiVersion":"2025-04-01-preview"},
+                {"baseURL":"https://b.openai.azure.com/openai/v1","deployment":"image-b","weight":3}
+            ]}
         ]"#;
         Config::from_lookup(|k| match k {
             "IMAGE_MODELS" => Some(models.to_owned()),
@@ -46,11 +51,14 @@ fuzz_target!(|data: &[u8]| {
                 assert!(err.param.is_some(), "a validation error names its field: {err:?}");
             }
             Ok(()) => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&request.upstream_body(entry)).expect("upstream body is JSON");
-                assert_eq!(body["model"], entry.model.as_str());
-                assert!(body.get("stream").is_none() && body.get("fallbacks").is_none());
-                assert!(body["prompt"].as_str().is_some_and(|p| !p.is_empty()));
+                // Each deployment of the entry gets the body its surface names the model in.
+                for target in entry.targets() {
+                    let body: serde_json::Value = serde_json::from_slice(&request.upstream_body(entry, target))
+                        .expect("upstream body is JSON");
+                    assert_eq!(body["model"], entry.upstream_model(target));
+                    assert!(body.get("stream").is_none() && body.get("fallbacks").is_none());
+                    assert!(body["prompt"].as_str().is_some_and(|p| !p.is_empty()));
+                }
             }
         }
     }
