@@ -120,7 +120,8 @@ impl EventParser {
 }
 
 /// One event's lines: its `data` (a single line handed on as a slice of the
-/// block), and its `type` from the data, else from `event:`.
+/// block), and its `type` from the data, else from `event:`. An empty type
+/// (`event: ` alone, `"type": ""`) is no type: such an event is not handed on.
 fn parse_block(block: Bytes) -> Option<UpstreamEvent> {
     let text = std::str::from_utf8(&block).ok()?;
     let mut name = None;
@@ -129,7 +130,7 @@ fn parse_block(block: Bytes) -> Option<UpstreamEvent> {
         if let Some(value) = line.strip_prefix("data:") {
             lines.push(value.strip_prefix(' ').unwrap_or(value));
         } else if let Some(value) = line.strip_prefix("event:") {
-            name = Some(value.trim().to_owned());
+            name = Some(value.trim().to_owned()).filter(|name| !name.is_empty());
         }
     }
     let data = match lines.as_slice() {
@@ -145,7 +146,11 @@ fn parse_block(block: Bytes) -> Option<UpstreamEvent> {
         #[serde(rename = "type")]
         kind: Option<String>,
     }
-    let kind = serde_json::from_slice::<Kind>(&data).ok()?.kind.or(name)?;
+    let kind = serde_json::from_slice::<Kind>(&data)
+        .ok()?
+        .kind
+        .filter(|kind| !kind.is_empty())
+        .or(name)?;
     Some(UpstreamEvent { kind, data })
 }
 
@@ -185,6 +190,15 @@ mod tests {
         }
         assert_eq!(events, expected);
         assert_eq!(kinds(&events), ["a", "b"], "a multi-line data is not one JSON value");
+    }
+
+    #[test]
+    fn an_empty_type_is_no_type() {
+        // Found by the sse fuzz target: `event: ` named the event "" when its data had no type.
+        let text =
+            b"event: \ndata:  {\"typeex\":0}\n\nevent: named\ndata: {\"type\":\"\"}\n\ndata: {\"type\":\"\"}\n\n";
+        let events = EventParser::default().push(text).expect("small");
+        assert_eq!(kinds(&events), ["named"]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(whole, pieces, "the same events for any cut");
             assert_eq!(whole, bytewise, "the same events byte by byte");
             for event in whole {
-                assert!(!event.kind.is_empty() || event.data.starts_with(b"{"));
+                assert!(!event.kind.is_empty(), "every event has a type");
                 let _: &serde_json::value::RawValue =
                     serde_json::from_slice(&event.data).expect("an event's data is JSON");
             }
